@@ -1,0 +1,78 @@
+"""Synthetic tasks (pure NumPy, deterministic given a seed; no jax needed).
+
+    task = get_task(config.task)                  # config.task.name in TASKS
+    batch = task.sample(np.random.default_rng(seed), batch_size)
+    # inputs, targets int32 [batch, seq_len]; loss_mask bool [batch, seq_len]
+    held_out = task.eval_batch(size, seed)        # fixed set on a disjoint seed stream
+
+Every task exposes ``name``, ``vocab_size``, ``seq_len`` (length of ``inputs``), ``sample``,
+``eval_batch`` and ``render``. See :mod:`sleep_lm.tasks.rule110` and :mod:`sleep_lm.tasks.depo`
+for the token layouts.
+"""
+
+from __future__ import annotations
+
+from sleep_lm.tasks.depo import Depo
+from sleep_lm.tasks.rule110 import Rule110, evolve
+
+TASKS = ("rule110", "depo")
+
+# Optional config fields per task, passed to the constructor when present in ``config.task``.
+_DEPO_FIELDS = (
+    "max_nodes",
+    "min_nodes",
+    "num_queries",
+    "hops",
+    "max_hops",
+    "num_names",
+    "eval_hops",
+)
+_RULE110_FIELDS = ("state_bits", "num_states")
+
+_MISSING = object()
+
+
+def _field(cfg, key: str, default=_MISSING):
+    """``cfg.key`` for a ConfigDict, dict or plain object; ``default`` when absent."""
+    if hasattr(cfg, "get"):
+        value = cfg.get(key, _MISSING)
+    else:
+        value = getattr(cfg, key, _MISSING)
+    return default if value is _MISSING else value
+
+
+def _present(cfg, keys) -> dict:
+    found = {key: _field(cfg, key) for key in keys}
+    return {
+        key: value for key, value in found.items() if value is not _MISSING and value is not None
+    }
+
+
+def get_task(task_cfg):
+    """Builds the task named by ``task_cfg.name``.
+
+    Args:
+      task_cfg: an ml_collections ConfigDict, dict or any object with attributes. ``rule110``
+        needs ``steps`` (t >= 0) and reads ``state_bits``/``num_states`` when present; ``depo``
+        reads ``max_nodes``, ``min_nodes``, ``num_queries``, ``hops``, ``max_hops``,
+        ``num_names`` and ``eval_hops`` when present (defaults: the paper's setting).
+
+    Raises:
+      ValueError: one line naming the offending ``task.<field>`` and what is allowed.
+    """
+    name = _field(task_cfg, "name", None)
+    try:
+        if name == "rule110":
+            steps = _field(task_cfg, "steps", None)
+            if steps is None:
+                raise ValueError("steps must be set to an integer >= 0 for task.name='rule110'")
+            return Rule110(steps=steps, **_present(task_cfg, _RULE110_FIELDS))
+        if name == "depo":
+            return Depo(**_present(task_cfg, _DEPO_FIELDS))
+    except ValueError as e:
+        raise ValueError(f"task.{e}") from None
+    allowed = ", ".join(repr(t) for t in TASKS)
+    raise ValueError(f"task.name must be one of {allowed}, got {name!r}")
+
+
+__all__ = ["TASKS", "Depo", "Rule110", "evolve", "get_task"]
