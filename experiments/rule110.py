@@ -1,0 +1,129 @@
+r"""Rule 110 with sleep consolidation (paper sec. 5.1, Fig. 2).
+
+Each sequence holds four random 24-bit automaton states (one per window of L = 24 tokens, so
+each state is evicted from attention before the labels arrive) followed by 4 label tokens:
+label i is the first bit of state i after `task.steps` (t) Rule 110 steps. The model has to
+carry every state across the window boundary in its fast weights; `sleep.passes` (N) is the
+number of offline passes each window gets before eviction.
+
+CPU smoke run (about 3-5 minutes on 2 cores, reaches eval/token_accuracy >= 0.95):
+
+  python -m sleep_lm.main --config=experiments/rule110.py:smoke --workdir=/tmp/rule110 \
+      --config.task.steps=0 --config.sleep.passes=2
+
+The paper's setting (no argument; width 256, batch 512, t = 32, N = 1; needs an accelerator):
+
+  python -m sleep_lm.main --config=experiments/rule110.py --workdir=/tmp/rule110_paper \
+      --config.sleep.passes=2
+
+The argument is a comma-separated list of presets and overrides, parsed by `parse_arg`:
+`smoke`, `steps=T` (task.steps), `passes=N` (sleep.passes), e.g.
+`--config=experiments/rule110.py:smoke,steps=1,passes=2`. Any field can also be set with
+`--config.<field>=value`.
+"""
+
+from ml_collections import config_dict
+
+# Presets and overrides accepted in the argument, with their default values.
+_ARG_DEFAULTS = {"smoke": False, "steps": -1, "passes": -1}
+
+
+def parse_arg(arg: str | None, **defaults) -> config_dict.ConfigDict:
+    """Parses 'smoke,steps=1' into a ConfigDict; bare names set booleans to True.
+
+    Values take the type of their default; unknown names raise ValueError.
+    """
+    out = dict(defaults)
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if name not in defaults:
+            raise ValueError(f"unknown config argument {name!r}; allowed: {sorted(defaults)}")
+        default = defaults[name]
+        if not sep:
+            if not isinstance(default, bool):
+                raise ValueError(f"config argument {name!r} needs a value ({name}=...)")
+            out[name] = True
+        elif isinstance(default, bool):
+            out[name] = value.lower() in ("1", "true", "yes")
+        else:
+            out[name] = type(default)(value)
+    return config_dict.ConfigDict(out)
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    arg = parse_arg(arg, **_ARG_DEFAULTS)
+    config = config_dict.ConfigDict()
+    config.seed = 0
+
+    config.task = config_dict.ConfigDict()
+    config.task.name = "rule110"
+    # t: automaton steps between the states and their labels. The paper's sleep comparison
+    # (Fig. 2b) uses t = 32; Fig. 2a sweeps t in {4, ..., 16} at N = 1.
+    config.task.steps = 32
+
+    config.model = config_dict.ConfigDict()
+    config.model.width = 256
+    config.model.heads = 4
+    config.model.layers = "attn,gdn,attn,gdn"
+    config.model.mlp_ratio = 4
+    config.model.rule = "delta"  # Gated DeltaNet; "linear" = the eq. 3 gated Hebbian rule.
+    config.model.conv_size = 4
+    # GDN keys carry no position, so a label must find "its" state by a global position code.
+    config.model.positions = "learned"
+    config.model.gdn_impl = "chunked"
+    config.model.chunk_size = 64
+    config.model.dtype = "float32"
+
+    config.sleep = config_dict.ConfigDict()
+    config.sleep.passes = 1  # N; N = 1 is the plain hybrid with hard eviction.
+    config.sleep.window = 24  # L: one automaton state per window.
+    config.sleep.eviction = "hard"
+    config.sleep.remat = "none"
+    config.sleep.loop_blocks = "all"
+
+    config.train = config_dict.ConfigDict()
+    # ~5B tokens at batch 512 x 100 tokens (Fig. 2b).
+    config.train.steps = 100_000
+    config.train.batch_size = 512
+    config.train.optimizer = "muon"  # Muon for weight matrices + AdamW for the rest.
+    config.train.lr = 2e-3  # Muon (paper: tuned at N = 1, reused for all N).
+    config.train.adam_lr = 5e-5  # AdamW group (paper: fixed).
+    # Regexes (comma-separated) on "/"-joined parameter paths that go to AdamW even when 2-D.
+    config.train.adam_patterns = "embed,head,norm,bias,conv,gate,a_log,dt_bias,pos"
+    config.train.schedule = "cosine"  # warm-up, then cosine to min_lr_ratio (or "constant").
+    config.train.warmup_steps = 1000
+    config.train.min_lr_ratio = 0.1
+    config.train.grad_clip = 1.0  # global norm; 0 disables.
+    config.train.weight_decay = 0.0  # decoupled, Muon group only.
+    config.train.log_every = 100
+    config.train.eval_every = 1000
+    config.train.eval_size = 2048
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 3
+
+    if arg.smoke:
+        # CPU-minutes preset: small model and batch, few steps. Learning rates are higher than
+        # the paper's because the run is ~100x shorter; global learned positions are learned by
+        # the AdamW group, so it needs a usable lr too.
+        config.task.steps = 1
+        config.model.width = 64
+        config.model.heads = 4
+        config.model.chunk_size = 32
+        config.train.steps = 600
+        config.train.batch_size = 64
+        config.train.lr = 2e-2
+        config.train.adam_lr = 3e-3
+        config.train.warmup_steps = 50
+        config.train.log_every = 20
+        config.train.eval_every = 100
+        config.train.eval_size = 512
+        config.train.checkpoint_every = 100
+
+    if arg.steps >= 0:
+        config.task.steps = arg.steps
+    if arg.passes >= 0:
+        config.sleep.passes = arg.passes
+    return config

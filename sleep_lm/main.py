@@ -1,0 +1,99 @@
+r"""Command line entry point: train or evaluate one config in one workdir.
+
+  python -m sleep_lm.main --config=experiments/rule110.py:smoke --workdir=/tmp/rule110 \
+      --config.task.steps=0 --config.sleep.passes=2
+
+--mode=train (default) trains to config.train.steps, resuming from WORKDIR/checkpoints when
+there is a checkpoint; --mode=eval evaluates the latest checkpoint on the held-out set and
+writes WORKDIR/eval.json. The config is validated before anything is compiled: an invalid
+field prints one line `error: config.<field> ...` and exits with status 2.
+
+Exit status: 0 done; 1 non-finite loss (the last good checkpoint is kept) or no checkpoint
+to evaluate; 2 invalid config; 128 + signal number when stopped by SIGINT / SIGTERM (after
+saving a checkpoint).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. experiments/rule110.py:smoke.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints/."
+)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def fail(message: str, status: int) -> None:
+    """One line on stderr, no traceback."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def write_config(config, workdir: Path) -> None:
+    """WORKDIR/config.json: the resolved config; notes when it differs from a previous run's."""
+    path = workdir / "config.json"
+    text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+    if path.exists() and path.read_text() != text:
+        logging.warning("config differs from the one in %s; overwriting it", path)
+    path.write_text(text)
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Imports after flag parsing: `--help` and flag errors stay fast.
+    from sleep_lm import config as config_lib
+
+    config = _CONFIG.value
+    try:
+        config_lib.validate(config)
+    except config_lib.ConfigError as e:
+        fail(str(e), 2)
+
+    from sleep_lm.train import loop
+
+    workdir = Path(_WORKDIR.value)
+    try:
+        components = loop.build_components(config)
+    except ValueError as e:  # Anything the validation did not foresee, still before compiling.
+        fail(f"config: {e}", 2)
+
+    if _MODE.value == "eval":
+        try:
+            step, metrics = loop.evaluate_checkpoint(config, workdir, components)
+        except FileNotFoundError as e:
+            fail(str(e), 1)
+        record = {"step": step, **metrics}
+        (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+        print(json.dumps(record), flush=True)
+        return
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_config(config, workdir)
+    try:
+        metrics = loop.train(config, workdir, components)
+    except loop.NonFiniteLoss as e:
+        fail(str(e), 1)
+    except loop.Interrupted as e:
+        logging.warning("%s", e)
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
+    if metrics:
+        logging.info(
+            "done: %s", " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        )
+
+
+def run() -> None:
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,82 @@
+"""Checkpoints in WORKDIR/checkpoints with orbax (async), keeping the last few.
+
+A checkpoint is the whole `TrainState` (step, params, optimiser state) at a step; the data
+order is a function of (seed, step), so restoring the state is all a restart needs to
+continue exactly where the run left off.
+"""
+
+import logging as std_logging
+import os
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+
+def _quiet_orbax() -> None:
+    # Orbax logs several INFO lines per save; keep the training log readable.
+    for name in ("orbax", "absl_orbax"):
+        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+
+
+def abstract_like(tree):
+    """ShapeDtypeStructs (with a sharding) for `tree`, the restore target orbax wants.
+
+    Leaves without a sharding (from `jax.eval_shape`) are placed on the first local device;
+    the mesh issue replaces this with the train state's NamedShardings.
+    """
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(x):
+        sharding = getattr(x, "sharding", None) or device
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
+
+
+class Checkpointer:
+    """Thin wrapper over `ocp.CheckpointManager` for one pytree item (the train state)."""
+
+    def __init__(self, directory: str | os.PathLike, *, keep: int, use_async: bool = True):
+        _quiet_orbax()
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=use_async
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, state) -> bool:
+        """Starts saving `state` as `step` (returns before the write ends); skips known steps.
+
+        The device-to-host copy finishes before this returns, so the caller may donate
+        `state`'s buffers to the next train step right away.
+        """
+        if step in self._manager.all_steps():
+            return False
+        saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+        if saved:
+            logging.info("checkpoint: saving step %d to %s", step, self.directory)
+        return saved
+
+    def restore(self, abstract_state, step: int | None = None):
+        """The state saved at `step` (default: latest), with the structure of `abstract_state`."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        target = abstract_like(abstract_state)
+        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+
+    def wait(self) -> None:
+        """Blocks until pending async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,338 @@
+"""The training loop: Algorithm 1 loss, optimiser step, eval, logging, checkpoints, resume.
+
+`train(config, workdir)` builds the task, model and sleep spec from the config. The loop only
+needs three things from them, bundled in `Components`, so tests (and other tasks or models)
+can hand in their own:
+- `task.sample(rng, batch_size)` / `task.eval_batch(size, seed)` -> dict of NumPy arrays
+  (inputs, targets int32 [batch, time], loss_mask bool [batch, time]) and `task.seq_len`;
+- `init_params(rng) -> params`;
+- `loss_fn(params, batch) -> (loss, metrics)`, metrics holding scalar "token_accuracy" and
+  "accuracy" (the Algorithm 1 loss over whole sequences, `sleep.sequence_loss`).
+
+Determinism: the batch of step s is `task.sample(np.random.default_rng([seed, 2, s]), batch)`,
+and parameters are initialised from `seed`, so a restarted run sees the same data in the
+same order as an uninterrupted one and resuming from a checkpoint reproduces it.
+
+Failure handling: a step with a non-finite loss or gradient leaves the state unchanged
+(in-graph select) and the loop stops with `NonFiniteLoss`; the checkpoints on disk are all
+from finite steps. SIGINT / SIGTERM set a flag; the loop finishes the current step, saves a
+checkpoint and raises `Interrupted`. A second Ctrl-C interrupts at once.
+"""
+
+import dataclasses
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from ml_collections import config_dict
+
+from sleep_lm.train import optim
+from sleep_lm.train.checkpoint import Checkpointer
+from sleep_lm.train.metrics import MetricsWriter, Progress, format_duration
+from sleep_lm.train.state import TrainState
+
+LossFn = Callable[[Any, dict], tuple[jax.Array, dict]]
+
+
+class NonFiniteLoss(RuntimeError):
+    def __init__(self, step: int, last_checkpoint: int | None):
+        self.step = step
+        self.last_checkpoint = last_checkpoint
+        where = "none" if last_checkpoint is None else f"step {last_checkpoint}"
+        super().__init__(f"non-finite loss at step {step}; last good checkpoint: {where}")
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int, step: int):
+        self.signum = signum
+        self.step = step
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint saved")
+
+
+@dataclasses.dataclass(frozen=True)
+class Components:
+    task: Any
+    init_params: Callable[[jax.Array], Any]
+    loss_fn: LossFn
+
+
+def build_components(config: config_dict.ConfigDict) -> Components:
+    """Task, model and sleep spec from the config (imports them here: they are optional for
+    tests that bring their own components)."""
+    from sleep_lm import sleep
+    from sleep_lm.model import build_model
+    from sleep_lm.tasks import get_task
+
+    task = get_task(config.task)
+    model = build_model(
+        config.model, vocab_size=task.vocab_size, max_len=task.seq_len, window=config.sleep.window
+    )
+    # The wake/sleep pattern of the windows is static: it comes from the task's layout, which
+    # every example shares, so one example decides it.
+    probe = task.eval_batch(1, config.seed)
+    schedule = sleep.window_schedule(probe["loss_mask"][0], config.sleep.window)
+    spec = sleep.SleepSpec.from_config(config.sleep, schedule)
+
+    def loss_fn(params, batch):
+        return sleep.sequence_loss(model, params, batch, spec)
+
+    return Components(task=task, init_params=model.init_params, loss_fn=loss_fn)
+
+
+# Training batches come from the seed stream [seed, TRAIN_STREAM, step]. The tasks draw their
+# held-out set from [seed, 1] (tasks/_common.EVAL_STREAM); a plain [seed, step] would make the
+# eval set a copy of the batch of step 1. (SeedSequence pads entropy with zeros, so the tag
+# must also differ from 0 to keep [seed] itself apart.)
+TRAIN_STREAM = 2
+
+
+def batch_for_step(task, seed: int, step: int, batch_size: int) -> dict:
+    """The training batch of `step`: a function of (seed, step) only."""
+    return task.sample(np.random.default_rng([seed, TRAIN_STREAM, step]), batch_size)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
+    """(state, batch) -> (state, metrics); jit it with the state donated."""
+
+    def train_step(state: TrainState, batch: dict):
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
+        # A bad step must not poison the state (the loop stops, and the state in memory and
+        # on disk stays the last good one).
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        metrics = {
+            "loss": loss,
+            "token_accuracy": metrics["token_accuracy"],
+            "accuracy": metrics["accuracy"],
+            "grad_norm": grad_norm,
+            "finite": finite,
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(loss_fn: LossFn):
+    def eval_step(params, batch: dict) -> dict:
+        loss, metrics = loss_fn(params, batch)
+        return {
+            "eval/loss": loss,
+            "eval/token_accuracy": metrics["token_accuracy"],
+            "eval/accuracy": metrics["accuracy"],
+        }
+
+    return eval_step
+
+
+def evaluate(eval_step, params, batch: dict, chunk_size: int) -> dict[str, float]:
+    """Metrics on `batch`, evaluated `chunk_size` examples at a time (bounded memory).
+
+    Every metric is a mean over examples (each example has the same number of labelled
+    positions), so chunk means weighted by chunk size give the mean over the whole set.
+    """
+    size = len(batch["inputs"])
+    totals: dict[str, float] = {}
+    for start in range(0, size, chunk_size):
+        chunk = {k: v[start : start + chunk_size] for k, v in batch.items()}
+        n = len(chunk["inputs"])
+        for key, value in jax.device_get(eval_step(params, chunk)).items():
+            totals[key] = totals.get(key, 0.0) + float(value) * n
+    return {key: value / size for key, value in totals.items()}
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Second Ctrl-C: stop now.
+        self.signum = signum
+        logging.warning("%s received: stopping after this step", signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        return False
+
+
+def _count(tree) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _log_param_split(params, train: config_dict.ConfigDict) -> None:
+    if train.optimizer != "muon":
+        logging.info("params: %s, all AdamW", f"{_count(params):,}")
+        return
+    labels = optim.param_labels(params, train.adam_patterns)
+    sizes = {optim.MUON: 0, optim.ADAM: 0}
+    for label, x in zip(jax.tree.leaves(labels), jax.tree.leaves(params), strict=True):
+        sizes[label] += int(np.prod(x.shape))
+    logging.info(
+        "params: %s (Muon %s, AdamW %s)",
+        f"{_count(params):,}",
+        f"{sizes[optim.MUON]:,}",
+        f"{sizes[optim.ADAM]:,}",
+    )
+
+
+def init_or_restore(
+    config: config_dict.ConfigDict,
+    components: Components,
+    optimizer: optax.GradientTransformation,
+    checkpointer: Checkpointer,
+) -> TrainState:
+    """The latest checkpoint's state, or a fresh one from `config.seed`."""
+
+    def create():
+        params = components.init_params(jax.random.PRNGKey(config.seed))
+        return TrainState.create(params, optimizer)
+
+    if checkpointer.latest_step() is not None:
+        state = checkpointer.restore(jax.eval_shape(create))
+        logging.info("resumed from checkpoint step %d", int(state.step))
+        return state
+    return jax.jit(create)()
+
+
+def train(
+    config: config_dict.ConfigDict,
+    workdir: str | Path,
+    components: Components | None = None,
+) -> dict[str, float]:
+    """Trains to `config.train.steps`, resuming from WORKDIR/checkpoints; returns the last
+    eval metrics (empty if there was nothing left to do)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    components = components or build_components(config)
+    train_cfg = config.train
+    task = components.task
+    total = train_cfg.steps
+
+    optimizer = optim.make_optimizer(train_cfg)
+    lr_schedules = optim.schedules(train_cfg)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
+    writer = None
+    try:
+        state = init_or_restore(config, components, optimizer, checkpointer)
+        start = int(state.step)
+        writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
+        _log_param_split(state.params, train_cfg)
+        logging.info("devices: %s", jax.devices())
+        if start >= total:
+            logging.info("already at step %d of %d: nothing to train", start, total)
+            return {}
+
+        train_step = jax.jit(make_train_step(components.loss_fn, optimizer), donate_argnums=0)
+        eval_step = jax.jit(make_eval_step(components.loss_fn))
+        eval_batch = task.eval_batch(train_cfg.eval_size, config.seed)
+        eval_chunk = min(train_cfg.batch_size, train_cfg.eval_size)
+        progress = Progress(total, train_cfg.batch_size * task.seq_len)
+        sums: dict[str, float] = {}
+        count = 0
+        last_eval: dict[str, float] = {}
+
+        def sample(step):
+            return batch_for_step(task, config.seed, step, train_cfg.batch_size)
+
+        logging.info("training steps %d..%d", start + 1, total)
+        t_compile = time.perf_counter()
+        next_batch = sample(start)
+        with _StopFlag() as stop:
+            for step in range(start, total):
+                state, metrics = train_step(state, next_batch)
+                if step + 1 < total:
+                    # Sample the next batch on the host while the device runs this step.
+                    next_batch = sample(step + 1)
+                metrics = jax.device_get(metrics)
+                done = step + 1
+                if step == start:
+                    logging.info(
+                        "first step (with compilation) took %s",
+                        format_duration(time.perf_counter() - t_compile),
+                    )
+                    progress.start(done)
+                if not metrics.pop("finite"):
+                    raise NonFiniteLoss(done, checkpointer.latest_step())
+                for key, value in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(value)
+                count += 1
+
+                if done % train_cfg.log_every == 0 or done == total:
+                    means = {key: value / count for key, value in sums.items()}
+                    tokens_per_s = progress.rate(done)
+                    record = dict(
+                        means,
+                        lr=lr_schedules[optim.MUON](step),
+                        adam_lr=lr_schedules[optim.ADAM](step),
+                        tokens_per_s=tokens_per_s,
+                    )
+                    writer.write(done, record)
+                    logging.info("%s", progress.line(done, means["loss"], tokens_per_s))
+                    sums, count = {}, 0
+
+                paused = time.perf_counter()
+                if done % train_cfg.eval_every == 0 or done == total:
+                    last_eval = evaluate(eval_step, state.params, eval_batch, eval_chunk)
+                    writer.write(done, last_eval)
+                    logging.info(
+                        "eval step %d: %s",
+                        done,
+                        " ".join(f"{k} {v:.4f}" for k, v in sorted(last_eval.items())),
+                    )
+                if done % train_cfg.checkpoint_every == 0 or done == total:
+                    checkpointer.save(done, state)
+                if stop.signum is not None:
+                    checkpointer.save(done, state)
+                    checkpointer.wait()
+                    raise Interrupted(stop.signum, done)
+                progress.exclude(time.perf_counter() - paused)
+        return last_eval
+    finally:
+        checkpointer.close()
+        if writer is not None:
+            writer.close()
+
+
+def evaluate_checkpoint(
+    config: config_dict.ConfigDict,
+    workdir: str | Path,
+    components: Components | None = None,
+) -> tuple[int, dict[str, float]]:
+    """(step, eval metrics) of the latest checkpoint in WORKDIR on the held-out set."""
+    workdir = Path(workdir)
+    components = components or build_components(config)
+    optimizer = optim.make_optimizer(config.train)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
+    try:
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
+        state = init_or_restore(config, components, optimizer, checkpointer)
+    finally:
+        checkpointer.close()
+    eval_step = jax.jit(make_eval_step(components.loss_fn))
+    batch = components.task.eval_batch(config.train.eval_size, config.seed)
+    chunk = min(config.train.batch_size, config.train.eval_size)
+    return int(state.step), evaluate(eval_step, state.params, batch, chunk)

@@ -1,0 +1,162 @@
+"""The training loop with stand-in components: determinism, resume, failure handling."""
+
+import signal
+
+import chex
+import jax
+import numpy as np
+import pytest
+from conftest import FakeTask, fake_components, tiny_config
+
+from sleep_lm.train import loop, optim
+from sleep_lm.train.checkpoint import Checkpointer
+from sleep_lm.train.metrics import read_metrics
+from sleep_lm.train.state import TrainState
+
+
+def _restore_params(workdir, config, components, step=None):
+    optimizer = optim.make_optimizer(config.train)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=5)
+    try:
+
+        def create():
+            return TrainState.create(components.init_params(jax.random.PRNGKey(0)), optimizer)
+
+        return checkpointer.restore(jax.eval_shape(create), step)
+    finally:
+        checkpointer.close()
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """6 uninterrupted steps: the reference for resumed runs."""
+    workdir = tmp_path_factory.mktemp("straight")
+    config = tiny_config()
+    final_eval = loop.train(config, workdir, fake_components())
+    return workdir, config, final_eval
+
+
+def test_batches_depend_on_seed_and_step_only():
+    task = FakeTask()
+    a = loop.batch_for_step(task, 0, 5, 4)
+    b = loop.batch_for_step(task, 0, 5, 4)
+    c = loop.batch_for_step(task, 0, 6, 4)
+    d = loop.batch_for_step(task, 1, 5, 4)
+    np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    assert not np.array_equal(a["inputs"], c["inputs"])
+    assert not np.array_equal(a["inputs"], d["inputs"])
+
+
+def test_training_batches_are_not_the_rule110_eval_set():
+    # The eval set comes from default_rng([seed, 1]); training must not reuse that stream.
+    from sleep_lm.tasks import get_task
+
+    task = get_task({"name": "rule110", "steps": 0})
+    held_out = {row.tobytes() for row in task.eval_batch(64, 0)["inputs"]}
+    for step in range(4):
+        batch = loop.batch_for_step(task, 0, step, 64)["inputs"]
+        assert not held_out & {row.tobytes() for row in batch}, step
+
+
+def test_straight_run_writes_metrics_and_checkpoints(straight_run):
+    workdir, _, final_eval = straight_run
+    records = read_metrics(workdir / "metrics.jsonl")
+    train_lines = [r for r in records if "loss" in r]
+    eval_lines = [r for r in records if "eval/loss" in r]
+    assert [r["step"] for r in train_lines] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in eval_lines] == [3, 6]
+    for r in train_lines:
+        assert set(r) >= {"step", "loss", "lr", "grad_norm", "tokens_per_s", "token_accuracy"}
+    assert set(final_eval) == {"eval/loss", "eval/token_accuracy", "eval/accuracy"}
+    assert eval_lines[-1]["eval/loss"] == pytest.approx(final_eval["eval/loss"])
+    # keep_checkpoints=2 of the saves at 2, 4, 6.
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 6]
+    # The lr column follows the warm-up: step index 0 trains at lr 0, index 2 at the peak.
+    assert train_lines[0]["lr"] == 0.0
+    assert train_lines[2]["lr"] == pytest.approx(tiny_config().train.lr)
+
+
+def test_loss_decreases(tmp_path):
+    config = tiny_config(steps=40, eval_every=40, checkpoint_every=40, log_every=10)
+    loop.train(config, tmp_path, fake_components())
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_resume_with_more_steps_continues_from_checkpoint(tmp_path):
+    config = tiny_config(steps=4)
+    loop.train(config, tmp_path, fake_components())
+    config.train.steps = 6
+    loop.train(config, tmp_path, fake_components())
+    steps = [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    resumed = _restore_params(tmp_path, config, fake_components())
+    assert int(resumed.step) == 6
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, straight_run):
+    ref_dir, _, _ = straight_run
+    config = tiny_config()
+    # SIGTERM arrives while the loop samples the batch of step index 3 (call 0 is step 0's
+    # batch), i.e. during the 3rd update; the loop finishes it and saves step 3.
+    with pytest.raises(loop.Interrupted) as info:
+        loop.train(config, tmp_path, fake_components(kill_call=3))
+    assert info.value.signum == signal.SIGTERM
+    assert info.value.step == 3
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
+    loop.train(config, tmp_path, fake_components())
+
+    records = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    reference = read_metrics(ref_dir / "metrics.jsonl")
+    for mine, ref in zip(records, reference, strict=True):
+        assert mine["step"] == ref["step"]
+        for key in ("loss", "eval/loss", "grad_norm"):
+            if key in ref:
+                assert mine[key] == pytest.approx(ref[key], rel=1e-6), (key, mine["step"])
+    chex.assert_trees_all_close(
+        _restore_params(tmp_path, config, fake_components(), 6).params,
+        _restore_params(ref_dir, config, fake_components(), 6).params,
+        rtol=1e-6,
+    )
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    config = tiny_config()
+    # Call k of sample() is the batch of step index k: the 4th update produces NaN.
+    with pytest.raises(loop.NonFiniteLoss) as info:
+        loop.train(config, tmp_path, fake_components(poison_call=3))
+    assert info.value.step == 4
+    assert info.value.last_checkpoint == 2
+    assert "non-finite loss at step 4" in str(info.value)
+    checkpoints = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == [2]
+    restored = _restore_params(tmp_path, config, fake_components())
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(restored.params))
+
+
+def test_train_step_skips_non_finite_update():
+    config = tiny_config()
+    optimizer = optim.make_optimizer(config.train)
+    state = TrainState.create(fake_components().init_params(jax.random.PRNGKey(0)), optimizer)
+    batch = FakeTask(poison_call=0).sample(np.random.default_rng(0), 4)
+    step = jax.jit(loop.make_train_step(fake_components().loss_fn, optimizer))
+    new_state, metrics = step(state, batch)
+    assert not bool(metrics["finite"])
+    chex.assert_trees_all_equal(new_state, state)
+
+
+def test_already_done_is_a_no_op(tmp_path, straight_run):
+    ref_dir, _, _ = straight_run
+    config = tiny_config()
+    before = (ref_dir / "metrics.jsonl").read_text()
+    assert loop.train(config, ref_dir, fake_components()) == {}
+    assert (ref_dir / "metrics.jsonl").read_text() == before
+
+
+def test_evaluate_checkpoint_matches_final_eval(straight_run):
+    workdir, config, final_eval = straight_run
+    step, metrics = loop.evaluate_checkpoint(config, workdir, fake_components())
+    assert step == 6
+    for key, value in final_eval.items():
+        assert metrics[key] == pytest.approx(value, rel=1e-6)
