@@ -1,0 +1,426 @@
+r"""Tables and plots from training workdirs (the paper's Fig. 2 and 3 style).
+
+  python -m sleep_lm.report /tmp/r110_sweep --out /tmp/r110_sweep/report
+  python -m sleep_lm.report runs/a runs/b runs/c --out report/
+
+Each WORKDIR is a run directory (holding config.json and metrics.jsonl, as written by
+sleep_lm.main) or a directory whose immediate subdirectories are runs (a sweep root). Writes:
+
+- OUT/report.md: one row per run with its final eval metrics (the last eval line of
+  metrics.jsonl): N (= sleep.passes), the config fields that differ between runs, the step,
+  the training tokens, and every `eval/...` metric, including per-difficulty ones such as
+  `eval/accuracy@t=16` or `eval/loss@k=8`;
+- OUT/accuracy_vs_passes.png: final eval accuracy (and token accuracy) against N, one line
+  per difficulty. A difficulty is a per-difficulty metric (`@t=16`, `@k=8`) when the runs log
+  them, else the task's own difficulty field (task.steps, the Rule 110 depth t) when it
+  differs between runs;
+- OUT/curves_accuracy.png, OUT/curves_loss.png: eval accuracy / loss against training tokens,
+  one line per N, one panel per difficulty.
+
+Training tokens are step * train.batch_size * seq_len (seq_len from config.task.seq_len, or
+else from the task itself); when neither is known the x axis is the step. Plots need
+matplotlib (`pip install 'sleep_lm[report]'`); without it the table is still written and the
+command exits with status 1.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+# Task fields that set an example's difficulty (lines/panels of the plots), by task name.
+DIFFICULTY_FIELDS = {"rule110": ("task.steps", "t"), "depo": ("task.hops", "k")}
+PASSES = "sleep.passes"
+_METRIC_ORDER = ("accuracy", "token_accuracy", "loss")
+_DIFFICULTY_KEY = re.compile(r"^eval/(?P<metric>[^@]+)@(?P<name>[A-Za-z_]+)=(?P<value>.+)$")
+
+
+@dataclasses.dataclass
+class Run:
+    workdir: Path
+    name: str
+    config: dict  # flattened: "sleep.passes" -> 2
+    evals: list[dict]  # eval records of metrics.jsonl, by step
+    tokens_per_step: int | None
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+    @property
+    def passes(self):
+        return self.config.get(PASSES)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _number(value) -> float:
+    # MetricsWriter stores non-finite values as the strings "nan", "inf", "-inf".
+    return float(value)
+
+
+def _seq_len(config: dict) -> int | None:
+    if "task.seq_len" in config:
+        return int(config["task.seq_len"])
+    try:
+        from sleep_lm.tasks import get_task
+
+        fields = {k.split(".", 1)[1]: v for k, v in config.items() if k.startswith("task.")}
+        return int(get_task(fields).seq_len)
+    except (ImportError, ValueError, TypeError):
+        return None
+
+
+def load_run(workdir: str | Path) -> Run:
+    """A run's flattened config and its eval records (sorted by step; a restarted run never
+    has two lines for one step and kind)."""
+    workdir = Path(workdir)
+    config = flatten(json.loads((workdir / "config.json").read_text()))
+    evals = []
+    path = workdir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []  # None before step 1.
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # A line cut short by a kill.
+        metrics = {k: _number(v) for k, v in record.items() if k.startswith("eval/")}
+        if metrics:
+            evals.append({"step": int(record["step"]), **metrics})
+    evals.sort(key=lambda r: r["step"])
+    seq_len = _seq_len(config)
+    batch = config.get("train.batch_size")
+    tokens = None if seq_len is None or batch is None else int(batch) * seq_len
+    return Run(
+        workdir=workdir, name=workdir.name, config=config, evals=evals, tokens_per_step=tokens
+    )
+
+
+def find_runs(paths) -> list[Path]:
+    """Run directories: each path that holds config.json, else its subdirectories that do."""
+    out = []
+    for path in map(Path, paths):
+        if (path / "config.json").exists():
+            out.append(path)
+            continue
+        children = sorted(p for p in path.glob("*/") if (p / "config.json").exists())
+        if not children:
+            raise FileNotFoundError(f"{path}: no config.json in it or in its subdirectories")
+        out.extend(children)
+    return out
+
+
+def varying_fields(runs: list[Run]) -> list[str]:
+    """Config fields (other than sleep.passes) whose value is not the same in every run."""
+    keys = sorted({key for run in runs for key in run.config})
+    missing = object()
+    out = []
+    for key in keys:
+        if key == PASSES:
+            continue
+        values = {json.dumps(run.config.get(key, missing), default=str) for run in runs}
+        if len(values) > 1:
+            out.append(key)
+    return out
+
+
+def _natural(text: str):
+    # "accuracy@k=16" after "accuracy@k=2".
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
+
+
+def metric_names(runs: list[Run]) -> list[str]:
+    """All eval metric keys of the runs' final records: accuracy, token accuracy, loss first,
+    each followed by its per-difficulty versions in natural order."""
+    keys = {key for run in runs for key in run.final if key.startswith("eval/")}
+
+    def order(key):
+        base = key.removeprefix("eval/").split("@", 1)[0]
+        rank = _METRIC_ORDER.index(base) if base in _METRIC_ORDER else len(_METRIC_ORDER)
+        return (rank, base, "@" in key, _natural(key))
+
+    return sorted(keys, key=order)
+
+
+def _short(field: str) -> str:
+    return field.removeprefix("task.").removeprefix("sleep.").removeprefix("train.")
+
+
+def format_value(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+    return str(value)
+
+
+def format_tokens(tokens: int | None) -> str:
+    if tokens is None:
+        return "-"
+    for size, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if tokens >= size:
+            return f"{tokens / size:.3g}{suffix}"
+    return str(tokens)
+
+
+def table(runs: list[Run]) -> str:
+    """Markdown table of the final eval metrics, one row per run."""
+    fields = varying_fields(runs)
+    metrics = metric_names(runs)
+    header = ["run", "N", *fields, "step", "tokens", *(m.removeprefix("eval/") for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in sorted(runs, key=lambda r: _sort_key(r, fields)):
+        final = run.final
+        step = final.get("step")
+        tokens = None if step is None or run.tokens_per_step is None else step * run.tokens_per_step
+        row = [
+            run.name,
+            format_value(run.passes),
+            *(format_value(run.config.get(f)) for f in fields),
+            format_value(step),
+            format_tokens(tokens),
+            *(format_value(final.get(m)) for m in metrics),
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _sort_key(run: Run, fields: list[str]):
+    def key(value):
+        # Numbers before strings, numbers by value.
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return (0, value, "")
+        return (1, 0, str(value))
+
+    return [key(run.config.get(f)) for f in fields] + [key(run.passes), key(run.name)]
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+@dataclasses.dataclass(frozen=True)
+class Difficulty:
+    """One line of the accuracy-vs-N plot / one panel of the curves: which runs, which key."""
+
+    label: str  # "t=16", "k=8", "" (no difficulty)
+    suffix: str  # metric key suffix: "@t=16" or ""
+    field_value: tuple | None  # (field, value) the runs must have, or None for all runs
+
+
+def difficulties(runs: list[Run], metric: str) -> list[Difficulty]:
+    """The difficulties `metric` can be shown at: its per-difficulty keys (`eval/<metric>@k=8`)
+    when any run logs them, else the values of the task's difficulty field when that differs
+    between runs (Rule 110: task.steps), else one difficulty-free entry."""
+    keys = {key for run in runs for record in run.evals for key in record}
+    per_key = {}
+    for key in keys:
+        match = _DIFFICULTY_KEY.match(key)
+        if match and match["metric"] == metric:
+            suffix = f"@{match['name']}={match['value']}"
+            per_key[suffix] = Difficulty(f"{match['name']}={match['value']}", suffix, None)
+    if per_key:
+        return [per_key[s] for s in sorted(per_key, key=_natural)]
+    varying = set(varying_fields(runs))
+    for task, (field, short) in DIFFICULTY_FIELDS.items():
+        if field in varying and all(run.config.get("task.name") == task for run in runs):
+            values = sorted({json.dumps(run.config.get(field)) for run in runs}, key=_natural)
+            return [
+                Difficulty(f"{short}={_plain(json.loads(v))}", "", (field, json.loads(v)))
+                for v in values
+            ]
+    return [Difficulty("", "", None)]
+
+
+def _plain(value) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _group_fields(runs: list[Run], difficulty_list: list[Difficulty]) -> list[str]:
+    """Varying fields other than N and the difficulty field: they split lines further."""
+    used = {d.field_value[0] for d in difficulty_list if d.field_value}
+    return [f for f in varying_fields(runs) if f not in used]
+
+
+def _label(run: Run, group: list[str]) -> str:
+    return ", ".join(f"{_short(f)}={_plain(run.config.get(f))}" for f in group)
+
+
+def _runs_for(runs: list[Run], difficulty: Difficulty) -> list[Run]:
+    if difficulty.field_value is None:
+        return runs
+    field, value = difficulty.field_value
+    return [run for run in runs if run.config.get(field) == value]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # Files only; no display needed.
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_vs_passes(runs: list[Run], path: Path) -> list[str]:
+    """Final eval accuracy (and token accuracy) against N, one line per difficulty (and per
+    combination of the other varying fields). Returns the metrics plotted."""
+    metrics = [m for m in ("accuracy", "token_accuracy") if _has(runs, difficulties(runs, m), m)]
+    if not metrics:
+        return []
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        found = difficulties(runs, metric)
+        group = _group_fields(runs, found)
+        for difficulty in found:
+            lines: dict[str, list] = {}
+            for run in _runs_for(runs, difficulty):
+                value = run.final.get(f"eval/{metric}{difficulty.suffix}")
+                if value is None or run.passes is None:
+                    continue
+                lines.setdefault(_label(run, group), []).append((run.passes, value))
+            for extra, points in sorted(lines.items()):
+                points.sort()
+                label = ", ".join(p for p in (difficulty.label, extra) if p) or metric
+                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+        ax.set_xlabel("sleep passes N")
+        ax.set_ylabel(f"final eval {metric.replace('_', ' ')}")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return metrics
+
+
+def _has(runs, found, metric) -> bool:
+    return any(f"eval/{metric}{d.suffix}" in run.final for run in runs for d in found)
+
+
+def plot_curves(runs: list[Run], metric: str, path: Path) -> bool:
+    """Eval `metric` against training tokens, one panel per difficulty, one line per N (and
+    per combination of the other varying fields). False (and no file) if no run logs it."""
+    found = [d for d in difficulties(runs, metric) if _has(runs, [d], metric)]
+    if not found:
+        return False
+    plt = _plt()
+    group = _group_fields(runs, found)
+    tokens = all(run.tokens_per_step is not None for run in runs)
+    # One colour per line (N and group) across all panels.
+    lines = sorted(
+        {(run.passes, _label(run, group)) for run in runs}, key=lambda k: (k[1], k[0] or 0)
+    )
+    colors = {line: i for i, line in enumerate(lines)}
+    cols = min(len(found), 3)
+    rows = -(-len(found) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    for ax, difficulty in zip(axes.flat, found, strict=False):
+        selected = sorted(
+            _runs_for(runs, difficulty), key=lambda r: (_label(r, group), r.passes or 0)
+        )
+        for run in selected:
+            key = f"eval/{metric}{difficulty.suffix}"
+            color = f"C{colors[(run.passes, _label(run, group))] % 10}"
+            points = [(r["step"], r[key]) for r in run.evals if key in r]
+            if not points:
+                continue
+            steps, values = zip(*points, strict=True)
+            x = [s * run.tokens_per_step for s in steps] if tokens else steps
+            label = ", ".join(p for p in (f"N={run.passes}", _label(run, group)) if p)
+            ax.plot(x, values, marker=".", label=label, color=color)
+        ax.set_title(difficulty.label or metric.replace("_", " "))
+        ax.set_xlabel("training tokens" if tokens else "step")
+        ax.set_ylabel(f"eval {metric.replace('_', ' ')}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(found) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(paths, out: str | Path) -> Path:
+    """Writes OUT/report.md and the plots; returns the report's path.
+
+    Raises ImportError (after writing the table) when matplotlib is missing.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = [load_run(p) for p in find_runs(paths)]
+    names = [run.name for run in runs]
+    for run in runs:
+        if names.count(run.name) > 1:  # Runs from several sweep roots: keep them apart.
+            run.name = f"{run.workdir.parent.name}/{run.name}"
+    empty = [run.name for run in runs if not run.evals]
+    runs = [run for run in runs if run.evals]
+    if not runs:
+        raise ValueError("no run has an eval line in its metrics.jsonl yet")
+
+    parts = ["# Report", ""]
+    parts += [f"Runs: {len(runs)}. N = sleep.passes. Final eval metrics (last eval line)."]
+    if empty:
+        parts += ["", f"Left out (no eval line yet): {', '.join(empty)}."]
+    parts += ["", table(runs)]
+    report = out / "report.md"
+    report.write_text("\n".join(parts))  # The table even if the plots fail below.
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            f"plots need matplotlib: pip install 'sleep_lm[report]' (the table is in {report})"
+        ) from None
+    plots = []
+    if plot_vs_passes(runs, out / "accuracy_vs_passes.png"):
+        plots.append(("Final eval accuracy against N", "accuracy_vs_passes.png"))
+    for metric in ("accuracy", "loss"):
+        name = f"curves_{metric}.png"
+        if plot_curves(runs, metric, out / name):
+            plots.append((f"Eval {metric} against training tokens", name))
+    parts += ["## Plots", ""]
+    for title, name in plots:
+        parts += [f"{title}:", "", f"![{title}]({name})", ""]
+    report.write_text("\n".join(parts))
+    return report
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sleep_lm.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "workdirs", nargs="+", metavar="WORKDIR", help="A run directory or a sweep root."
+    )
+    parser.add_argument("--out", required=True, help="Directory for report.md and the PNGs.")
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.workdirs, args.out)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

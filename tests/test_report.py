@@ -1,0 +1,166 @@
+"""sleep_lm.report: the final-metrics table, the difficulty breakdown, and the PNG plots, on
+workdirs written by a two-point sweep (tests/sweep_fake_main.py) and by hand."""
+
+import json
+import math
+import sys
+
+import pytest
+from sweep_fake_main import fake_accuracy
+from test_sweep import TINY_CONFIG, run_sweep
+
+from sleep_lm import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(workdir, config: dict, records: list[dict]):
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return workdir
+
+
+def rule110_config(passes, steps, seed=0, batch_size=8):
+    return {
+        "seed": seed,
+        "task": {"name": "rule110", "steps": steps},
+        "sleep": {"passes": passes, "window": 24},
+        "train": {"steps": 20, "batch_size": batch_size},
+    }
+
+
+def table_rows(text: str) -> list[list[str]]:
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def test_two_point_sweep_report(tmp_path):
+    config = tmp_path / "tiny_config.py"
+    config.write_text(TINY_CONFIG)
+    root = tmp_path / "root"
+    result = run_sweep(f"--config={config}", f"--workdir={root}")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    out = tmp_path / "report"
+    assert report.main([str(root), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    rows = table_rows(text)
+    header = rows[0]
+    assert header[:4] == ["run", "N", "step", "tokens"]
+    assert header[4:] == ["accuracy", "accuracy@t=2", "token_accuracy", "loss"]
+    body = {row[0]: dict(zip(header, row, strict=True)) for row in rows[2:]}
+    assert sorted(body) == ["passes1", "passes2"]
+    for n in (1, 2):
+        row = body[f"passes{n}"]
+        accuracy = fake_accuracy(n, 1, 4, 4)  # task.steps = 1, final step 4 of 4
+        assert row["N"] == str(n)
+        assert row["step"] == "4"
+        assert row["tokens"] == "800"  # 4 steps * batch 2 * Rule 110's 100 tokens
+        assert row["accuracy"] == f"{accuracy:.4f}"
+        assert row["accuracy@t=2"] == f"{accuracy / 2:.4f}"
+        assert row["loss"] == f"{1 - accuracy:.4f}"
+    for name in ("accuracy_vs_passes.png", "curves_accuracy.png", "curves_loss.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+        assert f"]({name})" in text
+
+
+def test_varying_fields_and_difficulty_from_task_steps(tmp_path):
+    runs = []
+    for steps in (8, 16):
+        for passes in (1, 2):
+            records = [
+                {"step": 10, "loss": 1.0},
+                {"step": 10, "eval/accuracy": 0.1 * passes, "eval/loss": 2.0},
+                {"step": 20, "eval/accuracy": 0.2 * passes / steps, "eval/loss": 1.0},
+            ]
+            runs.append(
+                write_run(tmp_path / f"p{passes}_t{steps}", rule110_config(passes, steps), records)
+            )
+    loaded = [report.load_run(p) for p in runs]
+    assert report.varying_fields(loaded) == ["task.steps"]  # sleep.passes is always "N"
+    found = report.difficulties(loaded, "accuracy")
+    assert [(d.label, d.field_value) for d in found] == [
+        ("t=8", ("task.steps", 8)),
+        ("t=16", ("task.steps", 16)),
+    ]
+    assert loaded[0].tokens_per_step == 8 * 100
+    assert [r["step"] for r in loaded[0].evals] == [10, 20]
+
+    rows = table_rows(report.table(loaded))
+    assert rows[0] == ["run", "N", "task.steps", "step", "tokens", "accuracy", "loss"]
+    # Sorted by the varying fields, then N; tokens = 20 steps * 8 * 100.
+    assert [row[:5] for row in rows[2:]] == [
+        ["p1_t8", "1", "8", "20", "16k"],
+        ["p2_t8", "2", "8", "20", "16k"],
+        ["p1_t16", "1", "16", "20", "16k"],
+        ["p2_t16", "2", "16", "20", "16k"],
+    ]
+    assert rows[3][5] == f"{0.4 / 8:.4f}"
+
+    out = tmp_path / "out"
+    report.write_report([str(p) for p in runs], out)
+    for name in ("accuracy_vs_passes.png", "curves_accuracy.png", "curves_loss.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_per_difficulty_metrics_and_non_finite_values(tmp_path):
+    # Depo-style per-k metrics; one run diverged (the trainer writes "nan" as a string).
+    runs = []
+    for passes in (1, 4):
+        config = {
+            "task": {"name": "depo"},
+            "sleep": {"passes": passes},
+            "train": {"batch_size": 4},
+        }
+        record = {"step": 5, "eval/accuracy": 0.5, "eval/loss": "nan" if passes == 4 else 1.5}
+        for k in (16, 2, 8):
+            record[f"eval/accuracy@k={k}"] = 1.0 / k
+            record[f"eval/loss@k={k}"] = float(k)
+        runs.append(write_run(tmp_path / f"n{passes}", config, [record]))
+    loaded = [report.load_run(p) for p in runs]
+    assert loaded[0].tokens_per_step == 4 * 360  # Depo's default T = 360
+    assert math.isnan(loaded[1].final["eval/loss"])
+    assert [d.label for d in report.difficulties(loaded, "accuracy")] == ["k=2", "k=8", "k=16"]
+    assert [d.suffix for d in report.difficulties(loaded, "loss")] == ["@k=2", "@k=8", "@k=16"]
+    assert [d.label for d in report.difficulties(loaded, "token_accuracy")] == [""]
+    header = table_rows(report.table(loaded))[0]
+    assert header[4:] == [
+        "accuracy",
+        "accuracy@k=2",
+        "accuracy@k=8",
+        "accuracy@k=16",
+        "loss",
+        "loss@k=2",
+        "loss@k=8",
+        "loss@k=16",
+    ]
+    assert table_rows(report.table(loaded))[3][8] == "nan"
+
+    out = tmp_path / "out"
+    report.write_report([str(p) for p in runs], out)
+    assert (out / "curves_loss.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_runs_without_eval_lines_are_left_out(tmp_path):
+    good = write_run(tmp_path / "good", rule110_config(1, 1), [{"step": 2, "eval/accuracy": 0.5}])
+    early = write_run(tmp_path / "early", rule110_config(2, 1), [{"step": 1, "loss": 1.0}])
+    fresh = write_run(tmp_path / "fresh", rule110_config(3, 1), [])
+    (fresh / "metrics.jsonl").unlink()  # Started, nothing logged yet.
+    path = report.write_report([str(good), str(early), str(fresh)], tmp_path / "out")
+    text = path.read_text()
+    assert "Left out (no eval line yet): early, fresh." in text
+    assert [row[0] for row in table_rows(text)[2:]] == ["good"]
+    with pytest.raises(ValueError, match="no run has an eval line"):
+        report.write_report([str(early)], tmp_path / "out2")
+    assert report.main([str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 1
+
+
+def test_without_matplotlib_the_table_is_still_written(tmp_path, monkeypatch, capsys):
+    run = write_run(tmp_path / "run", rule110_config(1, 1), [{"step": 2, "eval/accuracy": 0.5}])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert report.main([str(run), "--out", str(tmp_path / "out")]) == 1
+    assert "pip install 'sleep_lm[report]'" in capsys.readouterr().err
+    assert table_rows((tmp_path / "out" / "report.md").read_text())[2][0] == "run"
+    assert not list((tmp_path / "out").glob("*.png"))
