@@ -249,7 +249,7 @@ def main(argv=None) -> int:
         )
         print(
             f"{'rule':6} {'impl':11} {'chunk':>5} {'fwd ms':>9} {'f+b ms':>9} "
-            f"{'fwd/rec':>13} {'f+b/rec':>13} {'fwd GF/s':>9} {'f+b GF/s':>9} "
+            f"{'fwd/rec':>15} {'f+b/rec':>15} {'fwd GF/s':>9} {'f+b GF/s':>9} "
             f"{'compile s':>9}"
         )
         # The linear rule at the first shape only (it shares the chunked machinery).
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
                     f"{rule:6} {impl:11} {fmt(chunk, '>5') if chunk else '-':>5} "
                     f"{row.get('fwd_error') or fmt(row['fwd_ms'], '.2f'):>9} "
                     f"{row.get('fwdbwd_error') or fmt(row['fwdbwd_ms'], '.2f'):>9} "
-                    f"{cells['fwd']:>13} {cells['fwdbwd']:>13} "
+                    f"{cells['fwd']:>15} {cells['fwdbwd']:>15} "
                     f"{fmt(row['fwd_gflops'], '.1f'):>9} {fmt(row['fwdbwd_gflops'], '.1f'):>9} "
                     f"{compile_s:>9}",
                     flush=True,
