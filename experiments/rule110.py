@@ -91,8 +91,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.optimizer = "muon"  # Muon for weight matrices + AdamW for the rest.
     config.train.lr = 2e-3  # Muon (paper: tuned at N = 1, reused for all N).
     config.train.adam_lr = 5e-5  # AdamW group (paper: fixed).
-    # Regexes (comma-separated) on "/"-joined parameter paths that go to AdamW even when 2-D.
-    config.train.adam_patterns = "embed,head,norm,bias,conv,gate,a_log,dt_bias,pos"
+    # Regexes (comma-separated, searched in "/"-joined lower-case parameter paths) that go to
+    # AdamW even when 2-D: embeddings, output head, norms, biases, the GDN convolution, and
+    # the gates (forget a_proj/a_log/dt_bias, input b_proj, output o_gate_proj).
+    config.train.adam_patterns = (
+        "embed,lm_head,norm,bias,conv,gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/"
+    )
     config.train.schedule = "cosine"  # warm-up, then cosine to min_lr_ratio (or "constant").
     config.train.warmup_steps = 1000
     config.train.min_lr_ratio = 0.1
@@ -112,15 +116,16 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.model.width = 64
         config.model.heads = 4
         config.model.chunk_size = 32
-        config.train.steps = 600
+        # At t = 0, N = 2 eval/token_accuracy reaches 1.0 by step ~100 (loss < 0.01 by ~80).
+        config.train.steps = 300
         config.train.batch_size = 64
         config.train.lr = 2e-2
         config.train.adam_lr = 3e-3
-        config.train.warmup_steps = 50
-        config.train.log_every = 20
-        config.train.eval_every = 100
+        config.train.warmup_steps = 30
+        config.train.log_every = 10
+        config.train.eval_every = 50
         config.train.eval_size = 512
-        config.train.checkpoint_every = 100
+        config.train.checkpoint_every = 50
 
     if arg.steps >= 0:
         config.task.steps = arg.steps

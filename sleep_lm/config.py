@@ -13,11 +13,9 @@ import re
 import numpy as np
 from ml_collections import config_dict
 
+from sleep_lm import sleep
 from sleep_lm.model.config import DTYPES, GDN_IMPLS, LAYER_KINDS, POSITIONS, RULES, ModelConfig
 from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES
-
-EVICTIONS = ("hard", "sliding")
-REMATS = ("none", "pass", "window")
 
 _MISSING = object()
 
@@ -68,32 +66,6 @@ def layer_types(layers: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in layers.split(","))
 
 
-def parse_loop_blocks(spec: str, num_layers: int) -> slice:
-    """'all' or 'start:stop' (a Python slice over the layers, no step) -> a non-empty slice.
-
-    Raises ValueError with what is allowed.
-    """
-    if spec == "all":
-        return slice(0, num_layers)
-    parts = spec.split(":")
-    if len(parts) != 2:
-        raise ValueError(f"must be 'all' or 'start:stop' (got {spec!r})")
-    try:
-        bounds = [int(p) if p.strip() else None for p in parts]
-    except ValueError:
-        raise ValueError(f"must be 'all' or 'start:stop' with integers (got {spec!r})") from None
-    start, stop, _ = slice(*bounds).indices(num_layers)
-    if stop <= start:
-        raise ValueError(f"selects no block of the {num_layers} layers (got {spec!r})")
-    return slice(start, stop)
-
-
-def window_kinds(loss_mask: np.ndarray, window: int) -> tuple[bool, ...]:
-    """Per window of `window` tokens over one example's loss mask [time]: True = wake."""
-    mask = np.asarray(loss_mask, bool).reshape(-1)
-    return tuple(bool(mask[i : i + window].any()) for i in range(0, mask.size, window))
-
-
 def _validate_model(config) -> None:
     width = _int(config, "model.width", 1)
     heads = _int(config, "model.heads", 1)
@@ -129,21 +101,20 @@ def _validate_sleep(config, seq_len: int, loss_mask: np.ndarray) -> None:
         raise ConfigError(
             f"config.sleep.window must be <= the task's sequence length {seq_len} (got {window})"
         )
-    kinds = window_kinds(loss_mask, window)
-    if passes > 1 and all(kinds):
+    if passes > 1 and all(sleep.window_schedule(loss_mask, window)):
         # Sleep only happens in windows without labels; with none, N would be silently ignored.
         raise ConfigError(
             f"config.sleep.window={window} leaves no window without labels in the task's "
             f"layout, so sleep.passes={passes} would never run; use a smaller window"
         )
-    _choice(config, "sleep.eviction", EVICTIONS)
-    _choice(config, "sleep.remat", REMATS)
+    _choice(config, "sleep.eviction", sleep.EVICTIONS)
+    _choice(config, "sleep.remat", sleep.REMATS)
     spec = _get(config, "sleep.loop_blocks")
     num_layers = len(layer_types(_get(config, "model.layers")))
     try:
-        parse_loop_blocks(str(spec), num_layers)
+        sleep.resolve_loop_blocks(spec, num_layers)
     except ValueError as e:
-        raise ConfigError(f"config.sleep.loop_blocks {e}") from None
+        raise ConfigError(f"config.{e}") from None
 
 
 def _validate_train(config) -> None:

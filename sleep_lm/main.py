@@ -14,6 +14,7 @@ saving a checkpoint).
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -86,13 +87,35 @@ def main(argv) -> None:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
     if metrics:
-        logging.info(
-            "done: %s", " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
-        )
+        logging.info("done: %s", " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a one-line error for `--config.<field>` overrides of missing fields
+    (ml_collections raises a KeyError/AttributeError with a traceback from flag parsing)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        text = str(e).replace("\\", "")
+        lookup = re.search(r"Attempting to lookup: ([\w.]+)", text)
+        if lookup:
+            fail(f"config.{lookup.group(1)} is not a config field", 2)
+        key = re.search(r"'(\w+)'", text)
+        paths = [a[2:].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+        field = next((p for p in paths if key and key.group(1) in p.split(".")), None)
+        if field is None:
+            raise
+        hint = re.search(r'Did you mean "(\w+)"', text)
+        suggestion = ""
+        if hint:
+            parts = field.split(".")
+            fixed = [hint.group(1) if part == key.group(1) else part for part in parts]
+            suggestion = f" (did you mean {'.'.join(fixed)}?)"
+        fail(f"{field} is not a config field{suggestion}", 2)
 
 
 def run() -> None:
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,16 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
+class _DropOrbaxInfo(std_logging.Filter):
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def _quiet_orbax() -> None:
-    # Orbax logs several INFO lines per save; keep the training log readable.
-    for name in ("orbax", "absl_orbax"):
-        std_logging.getLogger(name).setLevel(std_logging.WARNING)
+    """Orbax logs several INFO lines (through absl) per save; keep the training log readable."""
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
+        handler.addFilter(_DropOrbaxInfo())
 
 
 def abstract_like(tree):

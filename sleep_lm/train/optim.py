@@ -6,12 +6,15 @@ Every parameter gets a label, "muon" or "adam", from its path and rank:
   GDN decay parameters, position tables), and every parameter that is not 2-D.
 - "muon": the remaining 2-D weight matrices, stored [in, out] as Flax Dense kernels are.
 
-`optax.contrib.muon` applies the split itself (an `optax.partition`, i.e. `multi_transform`)
-from a tree of `MuonDimensionNumbers` where `None` marks an AdamW leaf; we build that tree from
-the labels. Both groups follow the same schedule shape (linear warm-up, then cosine or
-constant) at their own peak learning rate, after global-norm clipping of the raw gradients.
-Decoupled weight decay applies to the Muon group only; norms, biases and embeddings are
-conventionally not decayed.
+The split is an `optax.multi_transform` (a.k.a. `partition`) over these labels:
+- "muon": `optax.contrib.scale_by_muon` (Nesterov momentum 0.95, 5 Newton-Schulz steps), the
+  width scaling sqrt(max(1, fan_out / fan_in)) of Keller Jordan's Muon (what
+  `optax.contrib.muon` applies by default), decoupled weight decay, learning rate;
+- "adam": plain `optax.adamw`. (`optax.contrib.muon` would also do the split, but its AdamW
+  group inherits Muon's Nesterov flag, i.e. becomes NAdam; the paper says AdamW.)
+Both groups follow the same schedule shape (linear warm-up, then cosine or constant) at their
+own peak learning rate, after global-norm clipping of the raw gradients. Weight decay applies
+to the Muon group only; norms, biases and embeddings are conventionally not decayed.
 """
 
 import re
@@ -93,6 +96,32 @@ def schedules(train: config_dict.ConfigDict) -> dict[str, optax.Schedule]:
     return {MUON: make_schedule(train.lr, **common), ADAM: make_schedule(train.adam_lr, **common)}
 
 
+def scale_by_width() -> optax.GradientTransformation:
+    """Scales each [in, out] update by sqrt(max(1, out / in)) (Muon's width transfer)."""
+
+    def update(updates, state, params=None):
+        del params
+        scaled = jax.tree.map(lambda u: u * max(1.0, u.shape[1] / u.shape[0]) ** 0.5, updates)
+        return scaled, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def muon(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.0):
+    """Muon for a group of [in, out] matrices (leaves of other groups arrive as MaskedNode,
+    an empty pytree, so tree maps skip them)."""
+
+    def dimension_numbers(updates):
+        return jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(0, 1), updates)
+
+    return optax.chain(
+        optax.contrib.scale_by_muon(weight_dimension_numbers=dimension_numbers),
+        scale_by_width(),
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
 def make_optimizer(train: config_dict.ConfigDict) -> optax.GradientTransformation:
     """Clipping + (Muon | AdamW) from the `config.train` fields.
 
@@ -106,20 +135,12 @@ def make_optimizer(train: config_dict.ConfigDict) -> optax.GradientTransformatio
         inner = optax.adamw(lr[MUON], weight_decay=train.weight_decay)
     else:
         patterns = train.adam_patterns
-
-        def dimension_numbers(params):
-            # Muon orthogonalises [in, out] matrices; None hands the leaf to the AdamW group.
-            return jax.tree.map(
-                lambda label: optax.contrib.MuonDimensionNumbers(0, 1) if label == MUON else None,
-                param_labels(params, patterns),
-            )
-
-        inner = optax.contrib.muon(
-            learning_rate=lr[MUON],
-            adam_learning_rate=lr[ADAM],
-            weight_decay=train.weight_decay,
-            adam_weight_decay=0.0,
-            muon_weight_dimension_numbers=dimension_numbers,
+        inner = optax.multi_transform(
+            {
+                MUON: muon(lr[MUON], weight_decay=train.weight_decay),
+                ADAM: optax.adamw(lr[ADAM], weight_decay=0.0),
+            },
+            lambda params: param_labels(params, patterns),
         )
     if train.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(train.grad_clip), inner)

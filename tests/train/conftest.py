@@ -70,7 +70,7 @@ def fake_init(rng):
             "norm": {"scale": jnp.ones((WIDTH,))},
             "mlp_in": {"kernel": jax.random.normal(k2, (WIDTH, WIDTH)) / WIDTH**0.5},
         },
-        "head": {
+        "lm_head": {
             "kernel": jax.random.normal(k3, (WIDTH, VOCAB)) / WIDTH**0.5,
             "bias": jnp.zeros((VOCAB,)),
         },
@@ -83,7 +83,7 @@ def fake_loss(params, batch):
     h = h + jnp.cumsum(h, axis=1) / jnp.arange(1, SEQ_LEN + 1)[None, :, None]
     h = h * params["block_0"]["norm"]["scale"]
     h = h + jax.nn.gelu(h @ params["block_0"]["mlp_in"]["kernel"])
-    logits = h @ params["head"]["kernel"] + params["head"]["bias"]
+    logits = h @ params["lm_head"]["kernel"] + params["lm_head"]["bias"]
     logp = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(logp, batch["targets"][..., None], axis=-1)[..., 0]
     mask = batch["loss_mask"].astype(jnp.float32)

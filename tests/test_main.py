@@ -1,0 +1,181 @@
+"""The command line: config validation (one line, exit 2, nothing compiled) and a tiny end-to-end
+run with the real task, model and sleep code, including resume."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sleep_lm import config as config_lib
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def experiment_config(arg=None):
+    spec = importlib.util.spec_from_file_location("_exp_rule110", REPO / "experiments/rule110.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def run_main(*args, timeout=300):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, "-m", "sleep_lm.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_configs_are_valid():
+    for arg in (None, "smoke", "smoke,steps=2,passes=3"):
+        config_lib.validate(experiment_config(arg))
+
+
+def test_config_arguments():
+    config = experiment_config("smoke,steps=2,passes=3")
+    assert (config.task.steps, config.sleep.passes, config.model.width) == (2, 3, 64)
+    paper = experiment_config()
+    assert (paper.model.width, paper.train.batch_size, paper.sleep.window) == (256, 512, 24)
+    assert (paper.train.lr, paper.train.adam_lr, paper.sleep.passes) == (2e-3, 5e-5, 1)
+    with pytest.raises(ValueError, match="unknown config argument 'smoek'"):
+        experiment_config("smoek")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("sleep.passes", 0, "config.sleep.passes must be >= 1 (got 0)"),
+        ("sleep.window", 0, "config.sleep.window must be >= 1 (got 0)"),
+        ("sleep.window", 101, "config.sleep.window must be <= the task's sequence length 100"),
+        ("sleep.eviction", "soft", "config.sleep.eviction must be one of 'hard', 'sliding'"),
+        ("sleep.remat", "all", "config.sleep.remat must be one of 'none', 'pass', 'window'"),
+        ("sleep.loop_blocks", "1:1", "config.sleep.loop_blocks: '1:1' selects no block"),
+        ("sleep.loop_blocks", "middle", "config.sleep.loop_blocks: allowed"),
+        ("task.steps", -1, "config.task.steps must be >= 0 (got -1)"),
+        ("task.name", "rule30", "config.task.name must be one of 'rule110', 'depo'"),
+        ("model.layers", "attn,mamba", "config.model.layers: unknown layer type 'mamba'"),
+        ("model.heads", 3, "config.model.heads must divide model.width=64 (got 3)"),
+        ("model.rule", "hebb", "config.model.rule must be one of 'delta', 'linear'"),
+        ("model.gdn_impl", "fast", "config.model.gdn_impl must be one of"),
+        ("model.positions", "alibi", "config.model.positions must be one of"),
+        ("model.gdn_impl", "associative", "config.model.gdn_impl"),  # delta needs chunked/rec.
+        ("train.batch_size", 0, "config.train.batch_size must be >= 1 (got 0)"),
+        ("train.steps", 0, "config.train.steps must be >= 1 (got 0)"),
+        ("train.lr", 0.0, "config.train.lr must be > 0.0 (got 0.0)"),
+        ("train.optimizer", "sgd", "config.train.optimizer must be one of 'muon', 'adamw'"),
+        ("train.schedule", "linear", "config.train.schedule must be one of"),
+        ("train.adam_patterns", "embed,(", "config.train.adam_patterns: bad regex '('"),
+        ("train.eval_every", 0, "config.train.eval_every must be >= 1 (got 0)"),
+        ("seed", -1, "config.seed must be >= 0 (got -1)"),
+    ],
+)
+def test_validation_names_the_field(field, value, message):
+    config = experiment_config("smoke")
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(config_lib.ConfigError) as info:
+        config_lib.validate(config)
+    text = str(info.value)
+    assert text.startswith(message), text
+    assert "\n" not in text
+
+
+def test_window_without_sleep_is_rejected_only_with_passes():
+    config = experiment_config("smoke")
+    config.sleep.window = 100  # one window, and it holds the labels: nothing to sleep on
+    config_lib.validate(config)  # N = 1: full attention over the sequence, a valid baseline
+    config.sleep.passes = 2
+    with pytest.raises(config_lib.ConfigError, match="config.sleep.window=100 leaves no window"):
+        config_lib.validate(config)
+
+
+def test_cli_invalid_config_one_line_exit_2(tmp_path):
+    result = run_main(
+        "--config=experiments/rule110.py:smoke",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.sleep.passes=0",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: config.sleep.passes must be >= 1 (got 0)"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()  # nothing written before validation
+
+
+def test_cli_unknown_field_one_line_exit_2(tmp_path):
+    result = run_main(
+        "--config=experiments/rule110.py:smoke",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.sleep.pases=2",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: config.sleep.pases is not a config field (did you mean config.sleep.passes?)"
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("cli")
+    flags = [
+        "--config=experiments/rule110.py:smoke,steps=0,passes=2",
+        f"--workdir={workdir}",
+        "--config.model.width=16",
+        "--config.model.heads=2",
+        "--config.model.mlp_ratio=2",
+        "--config.train.batch_size=4",
+        "--config.train.eval_size=8",
+        "--config.train.log_every=1",
+        "--config.train.eval_every=2",
+        "--config.train.checkpoint_every=2",
+    ]
+    first = run_main(*flags, "--config.train.steps=2")
+    second = run_main(*flags, "--config.train.steps=3")
+    return workdir, first, second
+
+
+def test_cli_trains_writes_outputs_and_resumes(tiny_run):
+    workdir, first, second = tiny_run
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert second.returncode == 0, second.stderr[-3000:]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["sleep"]["passes"] == 2 and config["train"]["steps"] == 3
+    assert "resumed from checkpoint step 2" in second.stderr
+    assert "step 3/3" in second.stderr  # the progress line
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "eval/token_accuracy" in r] == [2, 3]
+    for r in records:
+        if "loss" in r:
+            assert {"lr", "grad_norm", "tokens_per_s", "token_accuracy"} <= set(r)
+        else:
+            assert set(r) == {"step", "eval/loss", "eval/token_accuracy", "eval/accuracy"}
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 3]
+
+
+def test_cli_eval_mode(tiny_run):
+    workdir, _, _ = tiny_run
+    result = run_main(
+        "--config=experiments/rule110.py:smoke,steps=0,passes=2",
+        f"--workdir={workdir}",
+        "--config.model.width=16",
+        "--config.model.heads=2",
+        "--config.model.mlp_ratio=2",
+        "--config.train.batch_size=4",
+        "--config.train.eval_size=8",
+        "--mode=eval",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["step"] == 3
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in metrics if r["step"] == 3 and "eval/loss" in r][0]
+    assert record["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
+    assert json.loads((workdir / "eval.json").read_text()) == record

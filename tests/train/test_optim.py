@@ -1,0 +1,134 @@
+"""The Muon / AdamW split, the schedules and what each group's first update looks like."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import experiment_config, fake_init
+
+from sleep_lm.train import optim
+
+
+@pytest.fixture(scope="module")
+def model_params():
+    """Parameters of the real model at a tiny width (all layer kinds present)."""
+    from sleep_lm.model import build_model
+
+    config = experiment_config("smoke")
+    config.model.width = 16
+    config.model.heads = 2
+    model = build_model(config.model, vocab_size=3, max_len=100, window=24)
+    return model.init_params(jax.random.PRNGKey(0))
+
+
+def _labels_by_name(params, patterns):
+    labels = optim.param_labels(params, patterns)
+    leaves = jax.tree_util.tree_leaves_with_path(labels)
+    return {optim.path_name(path): label for path, label in leaves}
+
+
+def test_muon_gets_exactly_the_mixing_and_mlp_matrices(model_params):
+    patterns = experiment_config().train.adam_patterns
+    labels = _labels_by_name(model_params, patterns)
+    muon = {name for name, label in labels.items() if label == optim.MUON}
+    suffixes = {name.split("/", 1)[1] for name in muon}
+    assert suffixes == {
+        "mixer/q_proj/kernel",
+        "mixer/k_proj/kernel",
+        "mixer/v_proj/kernel",
+        "mixer/o_proj/kernel",
+        "mlp/up_proj/kernel",
+        "mlp/down_proj/kernel",
+    }
+    # Every block has its six matrices in Muon.
+    assert len(muon) == 6 * 4
+    adam = {name for name, label in labels.items() if label == optim.ADAM}
+    for expected in (
+        "token_embed/embedding",
+        "position_embed",
+        "lm_head/kernel",
+        "final_norm/scale",
+        "block_1/mixer/a_proj/kernel",  # forget gate
+        "block_1/mixer/b_proj/kernel",  # input gate (beta)
+        "block_1/mixer/o_gate_proj/kernel",  # output gate
+        "block_1/mixer/conv_weight",
+        "block_1/mixer/a_log",
+        "block_1/mixer/dt_bias",
+    ):
+        assert expected in adam, expected
+
+
+def test_non_matrices_go_to_adam_without_patterns():
+    params = {"w": jnp.ones((3, 4)), "b": jnp.ones((4,)), "t": jnp.ones((2, 3, 4))}
+    labels = optim.param_labels(params, "")
+    assert labels == {"w": optim.MUON, "b": optim.ADAM, "t": optim.ADAM}
+
+
+def test_schedule_warmup_cosine_and_constant():
+    kwargs = dict(total_steps=100, warmup_steps=10, min_ratio=0.1)
+    cosine = optim.make_schedule(2.0, kind="cosine", **kwargs)
+    assert float(cosine(0)) == 0.0
+    assert float(cosine(5)) == pytest.approx(1.0)
+    assert float(cosine(10)) == pytest.approx(2.0)
+    assert float(cosine(55)) == pytest.approx(0.2 + 0.9 * 1.0, rel=1e-5)  # half-way down
+    assert float(cosine(100)) == pytest.approx(0.2)
+    constant = optim.make_schedule(2.0, kind="constant", **kwargs)
+    assert float(constant(5)) == pytest.approx(1.0)
+    assert float(constant(90)) == pytest.approx(2.0)
+    no_warmup = optim.make_schedule(2.0, kind="constant", **dict(kwargs, warmup_steps=0))
+    assert float(no_warmup(0)) == 2.0
+
+
+def _train_cfg(**overrides):
+    train = experiment_config("smoke").train
+    train.schedule = "constant"
+    train.warmup_steps = 0
+    train.grad_clip = 0.0
+    train.lr = 0.1
+    train.adam_lr = 0.01
+    for key, value in overrides.items():
+        train[key] = value
+    return train
+
+
+def _first_update(train, params, grads):
+    optimizer = optim.make_optimizer(train)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    return updates
+
+
+def test_first_updates_of_each_group():
+    params = fake_init(jax.random.PRNGKey(0))
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    updates = _first_update(_train_cfg(), params, grads)
+    # AdamW's first step is -lr * sign(g) (bias-corrected moments: m / sqrt(v) = g / |g|).
+    for path in (("embed", "embedding"), ("lm_head", "kernel"), ("lm_head", "bias")):
+        u = updates[path[0]][path[1]]
+        g = grads[path[0]][path[1]]
+        np.testing.assert_allclose(u, -0.01 * jnp.sign(g), rtol=1e-4)
+    # Muon's step is an orthogonalised matrix: all singular values close to lr (Newton-Schulz
+    # with the standard coefficients lands them in roughly [0.7, 1.2]), unlike sign(g).
+    u = updates["block_0"]["mlp_in"]["kernel"]
+    singular = np.linalg.svd(np.asarray(u) / -0.1, compute_uv=False)
+    assert singular.min() > 0.5 and singular.max() < 1.3, singular
+
+
+def test_adamw_optimizer_treats_all_params_alike():
+    params = fake_init(jax.random.PRNGKey(0))
+    grads = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
+    updates = _first_update(_train_cfg(optimizer="adamw"), params, grads)
+    for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(u, -0.1 * jnp.sign(g), rtol=1e-4)
+
+
+def test_clipping_bounds_the_gradient_norm_seen_by_the_optimiser():
+    params = {"w": jnp.ones((4, 4))}
+    grads = {"w": jnp.full((4, 4), 100.0)}
+    train = _train_cfg(optimizer="adamw", grad_clip=1.0)
+    optimizer = optim.make_optimizer(train)
+    clip_state = optimizer.init(params)
+    # The chain's first element is the clipping transform.
+    clipped, _ = optax.clip_by_global_norm(1.0).update(grads, clip_state[0])
+    assert float(optax.tree.norm(clipped)) == pytest.approx(1.0)
+    assert isinstance(clip_state, tuple) and len(clip_state) == 2
