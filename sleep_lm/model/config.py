@@ -1,0 +1,93 @@
+"""Hashable model configuration, parsed once from ``config.model`` (a ConfigDict or dict)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+LAYER_KINDS = ("attn", "gdn")
+RULES = ("delta", "linear")
+POSITIONS = ("learned", "none", "rope")
+GDN_IMPLS = ("chunked", "recurrent", "associative")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Static model hyper-parameters (hashable, so a model can be a jit static argument).
+
+    Attributes:
+      width: residual stream width D.
+      heads: heads per mixer; head_dim = width // heads is the attention head size and the
+        GDN key and value size.
+      layers: layer kinds in order, e.g. ("attn", "gdn", "attn", "gdn").
+      mlp_ratio: MLP hidden width = mlp_ratio * width.
+      rule: "delta" (Gated DeltaNet, ops.gated_delta_rule) or "linear" (the paper's eq. 3,
+        ops.gated_linear_rule).
+      conv_size: kernel size of the GDN short causal depthwise convolution (>= 1).
+      positions: "learned" (absolute embeddings over global positions, added to the token
+        embeddings: the default), "none", or "rope" (rotary over global positions on the
+        attention and GDN queries and keys).
+      gdn_impl: ops implementation ("chunked" | "recurrent"; "associative" for linear only).
+      chunk_size: chunk length for gdn_impl="chunked".
+      dtype: compute dtype name; parameters and fast weights are always float32.
+    """
+
+    width: int = 64
+    heads: int = 2
+    layers: tuple[str, ...] = ("attn", "gdn", "attn", "gdn")
+    mlp_ratio: int = 4
+    rule: str = "delta"
+    conv_size: int = 4
+    positions: str = "learned"
+    gdn_impl: str = "chunked"
+    chunk_size: int = 64
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        def bad(field, allowed, got):
+            return ValueError(f"model.{field}: allowed {allowed}, got {got!r}")
+
+        for field in ("width", "heads", "mlp_ratio", "conv_size", "chunk_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(field, "a positive int", value)
+        if self.width % self.heads:
+            raise bad("heads", f"a divisor of model.width={self.width}", self.heads)
+        if not self.layers:
+            raise bad("layers", "a comma-separated list of attn/gdn", "")
+        for kind in self.layers:
+            if kind not in LAYER_KINDS:
+                raise bad("layers", f"layer types {LAYER_KINDS}", kind)
+        for field, allowed in (
+            ("rule", RULES),
+            ("positions", POSITIONS),
+            ("gdn_impl", GDN_IMPLS),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, field) not in allowed:
+                raise bad(field, allowed, getattr(self, field))
+        if self.rule == "delta" and self.gdn_impl == "associative":
+            raise bad("gdn_impl", "chunked or recurrent with rule=delta", self.gdn_impl)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @classmethod
+    def from_config(cls, model_cfg) -> ModelConfig:
+        """Builds from ``config.model``; missing fields take the defaults above."""
+        get = model_cfg.get
+        layers = get("layers", ",".join(cls.layers))
+        if isinstance(layers, str):
+            layers = tuple(s.strip() for s in layers.split(",") if s.strip())
+        kwargs = {}
+        for field in dataclasses.fields(cls):
+            if field.name != "layers" and get(field.name, None) is not None:
+                kwargs[field.name] = get(field.name)
+        return cls(layers=tuple(layers), **kwargs)

@@ -1,0 +1,125 @@
+"""The hybrid model's explicit recurrent state: typed NamedTuples, one entry per layer.
+
+Notation: [batch, time, heads, key]; ``channels`` is the width of the GDN layer's
+convolved q/k/v projections, heads * (2 * key + value).
+
+Two kinds of per-layer state, with different lifetimes:
+
+* **Fast weights** (``FastWeightState.fast_weights``): the only thing that crosses a window
+  boundary under hard eviction, and the thing sleep writes into (carried across passes).
+* **Local context** (``FastWeightState.conv_tail`` and the ``KVCache``): the last few
+  tokens a layer can still see directly. Each sleep pass restarts it from its value at the
+  window start; hard eviction clears it, sliding eviction keeps it.
+
+The KV cache is a ring buffer: global position ``p`` lives in slot ``p % cache_len`` and
+every slot records the position it holds (-1 for an empty slot). Attention masks keys by
+these positions, so the slot order never matters and a streaming decoder can write one
+token at a time into a fixed-size buffer (static shapes under jit).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+EMPTY_POSITION = -1  # KVCache.positions value of a slot that holds no token
+
+
+class FastWeightState(NamedTuple):
+    """State of one GDN (fast-weight) layer."""
+
+    fast_weights: jax.Array  # [batch, heads, key, value] float32, the paper's S
+    conv_tail: jax.Array  # [batch, conv_size - 1, channels]: pre-conv inputs of the last tokens
+
+
+class KVCache(NamedTuple):
+    """State of one attention layer: a ring buffer of keys and values."""
+
+    keys: jax.Array  # [batch, cache_len, heads, head_dim]
+    values: jax.Array  # [batch, cache_len, heads, head_dim]
+    positions: jax.Array  # [batch, cache_len] int32 global position per slot; -1 = empty
+
+
+class ModelState(NamedTuple):
+    """Per-layer states in layer order: FastWeightState for "gdn", KVCache for "attn"."""
+
+    layers: tuple
+
+
+def init_state(
+    layer_kinds: tuple[str, ...],
+    batch: int,
+    *,
+    heads: int,
+    head_dim: int,
+    conv_size: int,
+    cache_len: int,
+    dtype=jnp.float32,
+) -> ModelState:
+    """Zero state: empty fast weights, zero conv tails, empty KV caches.
+
+    GDN layers use key = value = head_dim. ``dtype`` is the compute dtype (conv tails and
+    cached keys/values); fast weights are always float32.
+    """
+    layers = []
+    for kind in layer_kinds:
+        if kind == "gdn":
+            channels = heads * 3 * head_dim
+            layers.append(
+                FastWeightState(
+                    fast_weights=jnp.zeros((batch, heads, head_dim, head_dim), jnp.float32),
+                    conv_tail=jnp.zeros((batch, conv_size - 1, channels), dtype),
+                )
+            )
+        elif kind == "attn":
+            layers.append(empty_cache(batch, cache_len, heads, head_dim, dtype))
+        else:
+            raise ValueError(f"unknown layer kind {kind!r}; allowed: attn, gdn")
+    return ModelState(layers=tuple(layers))
+
+
+def empty_cache(batch: int, cache_len: int, heads: int, head_dim: int, dtype) -> KVCache:
+    return KVCache(
+        keys=jnp.zeros((batch, cache_len, heads, head_dim), dtype),
+        values=jnp.zeros((batch, cache_len, heads, head_dim), dtype),
+        positions=jnp.full((batch, cache_len), EMPTY_POSITION, jnp.int32),
+    )
+
+
+def clear_local(state: ModelState) -> ModelState:
+    """Drops all local context (KV caches emptied, conv tails zeroed); keeps fast weights."""
+
+    def clear(layer):
+        if isinstance(layer, FastWeightState):
+            return layer._replace(conv_tail=jnp.zeros_like(layer.conv_tail))
+        return KVCache(
+            keys=jnp.zeros_like(layer.keys),
+            values=jnp.zeros_like(layer.values),
+            positions=jnp.full_like(layer.positions, EMPTY_POSITION),
+        )
+
+    return ModelState(layers=tuple(clear(layer) for layer in state.layers))
+
+
+def restart_local(state: ModelState, start: ModelState, first: int, stop: int) -> ModelState:
+    """Layers ``first:stop`` take their local context from ``start``, keep ``state``'s
+    fast weights; other layers are ``state``'s unchanged. Used at the start of every sleep
+    pass so that each pass sees the window with the context it had at the window start."""
+
+    def restart(i, layer, begin):
+        if not first <= i < stop:
+            return layer
+        if isinstance(layer, FastWeightState):
+            return layer._replace(conv_tail=begin.conv_tail)
+        return begin
+
+    pairs = enumerate(zip(state.layers, start.layers, strict=True))
+    layers = tuple(restart(i, a, b) for i, (a, b) in pairs)
+    return ModelState(layers=layers)
+
+
+def fast_weights(state: ModelState) -> tuple[jax.Array, ...]:
+    """The fast weights of every GDN layer, in layer order."""
+    return tuple(x.fast_weights for x in state.layers if isinstance(x, FastWeightState))
