@@ -1,0 +1,102 @@
+"""Causal softmax attention over the current tokens plus a ring-buffer KV cache.
+
+Each query at global position p sees the keys at positions p - window < p' <= p that are
+either among the current tokens or held in the cache: a sliding window of ``window`` keys
+(itself and window - 1 earlier tokens). Within one window of a hard-evicted sequence the
+cache is empty and this is plain causal attention over the window (the paper's eq. 1-2).
+With sliding eviction the cache still holds the previous window, and the mask keeps
+exactly its last window - 1 tokens visible.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sleep_lm.model.config import ModelConfig
+from sleep_lm.model.positions import rotary
+from sleep_lm.model.state import EMPTY_POSITION, KVCache
+
+# Finite mask value: a row with no visible key (impossible here: a query always sees
+# itself) would give a uniform softmax instead of NaN.
+_MASKED = -1e30
+
+
+def write_cache(cache: KVCache, k: jax.Array, v: jax.Array, positions: jax.Array) -> KVCache:
+    """Writes the tokens at ``positions`` [time] (consecutive) into their ring slots.
+
+    k, v: [batch, time, heads, head_dim]. Only the last cache_len tokens are kept when time
+    exceeds the cache; a zero-length cache stays empty.
+    """
+    n = cache.keys.shape[1]
+    if n == 0:
+        return cache
+    if k.shape[1] > n:
+        k, v, positions = k[:, -n:], v[:, -n:], positions[-n:]
+    slots = positions % n  # distinct, since at most n consecutive positions
+    batch = k.shape[0]
+    pos = jnp.broadcast_to(positions.astype(jnp.int32), (batch, positions.shape[0]))
+    return KVCache(
+        keys=cache.keys.at[:, slots].set(k.astype(cache.keys.dtype)),
+        values=cache.values.at[:, slots].set(v.astype(cache.values.dtype)),
+        positions=cache.positions.at[:, slots].set(pos),
+    )
+
+
+def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int) -> jax.Array:
+    """[batch, 1, query, key] bool: key filled, causal, and within the last ``window``.
+
+    q_pos: [query] global positions; k_pos: [batch, key] (-1 marks an empty slot).
+    """
+    q = q_pos[None, :, None]
+    k = k_pos[:, None, :]
+    visible = (k != EMPTY_POSITION) & (k <= q) & (q - k < window)
+    return visible[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head causal softmax attention with an explicit KV cache."""
+
+    config: ModelConfig
+    window: int
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, cache: KVCache, positions: jax.Array
+    ) -> tuple[jax.Array, KVCache]:
+        """x: [batch, time, width]; positions: [time] global. Returns (y, new cache)."""
+        cfg = self.config
+        batch, time, _ = x.shape
+        heads, dim = cfg.heads, cfg.head_dim
+        dense = functools.partial(
+            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
+        )
+        split = lambda y: y.reshape(batch, time, heads, dim)
+        q = split(dense(heads * dim, name="q_proj")(x))
+        k = split(dense(heads * dim, name="k_proj")(x))
+        v = split(dense(heads * dim, name="v_proj")(x))
+        if cfg.positions == "rope":
+            q, k = rotary(q, positions), rotary(k, positions)
+
+        if cache.keys.shape[1]:
+            keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
+            values = jnp.concatenate([cache.values, v.astype(cache.values.dtype)], axis=1)
+            cur = jnp.broadcast_to(positions.astype(jnp.int32), (batch, time))
+            k_pos = jnp.concatenate([cache.positions, cur], axis=1)
+        else:  # no cache (hard eviction): skip the empty concatenation
+            keys, values = k, v
+            k_pos = jnp.broadcast_to(positions.astype(jnp.int32), (batch, time))
+
+        # Scores and softmax in float32 whatever the compute dtype.
+        scores = jnp.einsum(
+            "bqhd,bkhd->bhqk", q, keys.astype(q.dtype), preferred_element_type=jnp.float32
+        )
+        scores = scores * dim**-0.5
+        scores = jnp.where(attention_mask(positions, k_pos, self.window), scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, values.astype(cfg.compute_dtype))
+        y = dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
+        return y, write_cache(cache, k, v, positions)
