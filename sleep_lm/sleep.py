@@ -1,0 +1,389 @@
+"""Sleep: the paper's Algorithm 1. The only module that knows passes, windows and eviction.
+
+A sequence is cut into consecutive windows of L tokens (the last may be shorter). Each
+window is either
+
+* **sleep** (no loss position in it): ``consolidate`` embeds the window once and runs the
+  looped blocks N times over it, each pass writing the increasingly refined features into
+  the fast weights; the features are then discarded; or
+* **wake** (some loss position): one ordinary forward pass, logits, masked cross-entropy.
+
+After every window the state is evicted: ``hard`` drops all local context (KV caches and
+GDN conv tails), so only the fast weights cross the boundary; ``sliding`` keeps it, and
+the attention mask then lets each query see L keys (itself and the previous L - 1 tokens).
+
+Design decisions (the paper leaves them open):
+
+* Local context across passes. Each sleep pass starts from the local context (KV cache and
+  conv tail) that the looped layers had at the window start, so every pass sees the window
+  exactly as the first did, only with refined features. What survives the window (under
+  sliding eviction) is the local context written by the *last* pass. Fast weights are
+  carried from pass to pass and never reset inside a sequence.
+* ``loop_blocks`` = (start, stop), a Python slice over layers: blocks before ``start`` run
+  once before the loop, blocks from ``stop`` on run once after it (their fast weights are
+  written once); wake windows always run every block once.
+* Hard eviction in training allocates no KV cache at all (``cache_len=0``): the cache at a
+  window start is always empty, so attending to it would only add masked keys. Inference
+  decodes with a cache of L slots and clears it with ``evict``; both give the same result.
+* The schedule is static: ``window_schedule`` computes it once on the host from the task's
+  loss mask (it is True where *any* example has a loss position), so the window structure
+  is fixed under jit. Runs of consecutive windows of the same kind and length are one
+  ``lax.scan`` each, so compile time does not grow with the number of windows.
+
+Activation rematerialisation (``remat``), so that memory need not grow with N x windows:
+
+* "none": autodiff keeps every intermediate of every pass of every window.
+* "pass": each pass (a sleep pass over the looped blocks, or a wake pass) is a
+  ``jax.checkpoint``: the backward pass keeps only each pass's inputs (features and state)
+  and recomputes one pass at a time. One extra forward per pass.
+* "window": each window (all its passes, eviction, readout) is a ``jax.checkpoint``: only
+  the state at each window boundary is kept; the backward pass recomputes one window at a
+  time, holding that window's N passes of intermediates. One extra forward per window.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleep_lm.model import state as state_lib
+from sleep_lm.model.state import ModelState
+
+EVICTIONS = ("hard", "sliding")
+REMATS = ("none", "pass", "window")
+
+
+# ------------------------------------------------------------------------------ spec
+
+
+def parse_loop_blocks(value) -> tuple[int | None, int | None]:
+    """ "all" -> (None, None); "start:stop" (Python slice, either end optional) -> ints."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        start, stop = value
+    elif isinstance(value, str) and value.strip() == "all":
+        return (None, None)
+    elif isinstance(value, str) and value.count(":") == 1:
+        try:
+            start, stop = (int(s) if s.strip() else None for s in value.split(":"))
+        except ValueError:
+            start = stop = "bad"
+    else:
+        start = stop = "bad"
+    for end in (start, stop):
+        if end is not None and (not isinstance(end, int) or isinstance(end, bool)):
+            raise ValueError(f'sleep.loop_blocks: allowed "all" or "start:stop", got {value!r}')
+    return (start, stop)
+
+
+def resolve_loop_blocks(loop_blocks, num_layers: int) -> tuple[int, int]:
+    """(start, stop) with None / negative ends resolved over num_layers; must be non-empty."""
+    start, stop, _ = slice(*parse_loop_blocks(loop_blocks)).indices(num_layers)
+    if start >= stop:
+        raise ValueError(
+            f"sleep.loop_blocks: {loop_blocks!r} selects no block of the {num_layers} layers"
+        )
+    return start, stop
+
+
+class SleepSpec(NamedTuple):
+    """Static description of how a sequence is slept on (hashable: a jit static argument).
+
+    passes: N >= 1 consolidation passes per sleep window.
+    window: L >= 1 tokens per window.
+    eviction: "hard" | "sliding".
+    remat: "none" | "pass" | "window" (see the module docstring).
+    loop_blocks: (start, stop) slice over layers looped during sleep; (None, None) = all.
+    schedule: one bool per window, True = wake (see ``window_schedule``).
+    """
+
+    passes: int
+    window: int
+    eviction: str = "hard"
+    remat: str = "none"
+    loop_blocks: tuple = (None, None)
+    schedule: tuple = ()
+
+    @classmethod
+    def from_config(cls, sleep_cfg, schedule) -> SleepSpec:
+        """From ``config.sleep`` (ConfigDict or dict) and a ``window_schedule`` result.
+
+        Raises ValueError naming the offending ``sleep.*`` field.
+        """
+        get = sleep_cfg.get
+        passes, window = get("passes", 1), get("window", None)
+        for name, value in (("passes", passes), ("window", window)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"sleep.{name}: allowed an int >= 1, got {value!r}")
+        eviction, remat = get("eviction", "hard"), get("remat", "none")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"sleep.eviction: allowed {EVICTIONS}, got {eviction!r}")
+        if remat not in REMATS:
+            raise ValueError(f"sleep.remat: allowed {REMATS}, got {remat!r}")
+        return cls(
+            passes=passes,
+            window=window,
+            eviction=eviction,
+            remat=remat,
+            loop_blocks=parse_loop_blocks(get("loop_blocks", "all")),
+            schedule=tuple(bool(x) for x in schedule),
+        )
+
+
+# ------------------------------------------------------------------------- windows
+
+
+def window_bounds(seq_len: int, window: int) -> list[tuple[int, int]]:
+    """(start, length) of each consecutive window; the last is shorter if L does not divide."""
+    return [(s, min(window, seq_len - s)) for s in range(0, seq_len, window)]
+
+
+def window_schedule(loss_mask, window: int) -> tuple[bool, ...]:
+    """Host-side: True for windows with any loss position (wake), False otherwise (sleep).
+
+    loss_mask: [batch, time] or [time] bool NumPy array. Computed once at setup from the
+    task's layout; a loss position that falls in a sleep window would be ignored by the
+    loss, so the mask used here must cover every position the task can ever mask.
+    """
+    mask = np.asarray(loss_mask, dtype=bool)
+    if mask.ndim == 1:
+        mask = mask[None]
+    return tuple(bool(mask[:, s : s + n].any()) for s, n in window_bounds(mask.shape[1], window))
+
+
+def evict(state: ModelState, eviction: str) -> ModelState:
+    """End of a window: "hard" clears KV caches and conv tails, "sliding" keeps them.
+
+    Fast weights are kept either way. Under "sliding" the ring buffer still holds the last
+    L tokens, and the attention mask (L keys per query) leaves the last L - 1 visible.
+    """
+    if eviction == "hard":
+        return state_lib.clear_local(state)
+    if eviction == "sliding":
+        return state
+    raise ValueError(f"sleep.eviction: allowed {EVICTIONS}, got {eviction!r}")
+
+
+# ------------------------------------------------------------------- model stages
+
+
+def _scan(f, init, xs, length: int, *, remat: bool = False):
+    """``lax.scan``, or one direct call when length == 1: a one-step scan would still nest
+    a loop level in the program, and nested loops multiply compile time under autodiff.
+
+    remat checkpoints each step. Inside a scan, CSE of the recomputation with the forward is
+    impossible anyway, so prevent_cse (which costs optimisation barriers) is only needed
+    for the direct call.
+    """
+    if remat:
+        f = jax.checkpoint(f, prevent_cse=length == 1)
+    if length != 1:
+        return jax.lax.scan(f, init, xs, length=length)
+    carry, y = f(init, jax.tree.map(lambda x: x[0], xs))
+    return carry, jax.tree.map(lambda x: x[None], y)
+
+
+def _embed(model, params, tokens, positions):
+    return model.apply({"params": params}, tokens, positions, method="embed")
+
+
+def _blocks(model, params, h, state, positions, start, stop):
+    if start == stop:
+        return h, state
+    return model.apply({"params": params}, h, state, positions, start, stop, method="blocks")
+
+
+def _head(model, params, h):
+    return model.apply({"params": params}, h, method="head")
+
+
+def consolidate(
+    model,
+    params,
+    window_tokens: jax.Array,
+    positions: jax.Array,
+    state: ModelState,
+    passes: int,
+    *,
+    loop_blocks=(None, None),
+    remat: str = "none",
+) -> ModelState:
+    """Sleep on one window: N passes of the looped blocks; returns the new state.
+
+    window_tokens: [batch, time] int; positions: [time] global positions; state: the state
+    at the window start (not evicted: the caller evicts afterwards). The window is embedded
+    once; blocks before the loop run once, then a ``lax.scan`` runs ``passes`` passes of
+    blocks ``loop_blocks`` carrying features and state (each pass restarting the looped
+    layers' local context from the window start, keeping the fast weights), then blocks
+    after the loop run once. The features are discarded. ``remat="pass"`` checkpoints
+    each pass.
+    """
+    num_layers = len(model.config.layers)
+    start, stop = resolve_loop_blocks(loop_blocks, num_layers)
+    h = _embed(model, params, window_tokens, positions)
+    h, state = _blocks(model, params, h, state, positions, 0, start)
+    at_window_start = state
+
+    def one_pass(carry, _):
+        h, st = carry
+        st = state_lib.restart_local(st, at_window_start, start, stop)
+        return _blocks(model, params, h, st, positions, start, stop), None
+
+    (h, state), _ = _scan(one_pass, (h, state), None, passes, remat=remat == "pass")
+    _, state = _blocks(model, params, h, state, positions, stop, num_layers)
+    return state
+
+
+def wake(
+    model, params, tokens: jax.Array, positions: jax.Array, state: ModelState, *, remat="none"
+) -> tuple[jax.Array, ModelState]:
+    """One ordinary forward pass: (logits [batch, time, vocab] float32, new state).
+
+    ``remat="pass"`` checkpoints the pass. The caller evicts at the window end.
+    """
+
+    def run(params, tokens, positions, state):
+        h = _embed(model, params, tokens, positions)
+        h, state = _blocks(model, params, h, state, positions, 0, len(model.config.layers))
+        return _head(model, params, h), state
+
+    if remat == "pass":
+        run = jax.checkpoint(run)
+    return run(params, tokens, positions, state)
+
+
+# ---------------------------------------------------------------------- Algorithm 1
+
+
+def _segments(bounds, schedule):
+    """Groups consecutive windows of the same kind and length: (wake, first, count)."""
+    segments = []
+    for i, ((_, length), is_wake) in enumerate(zip(bounds, schedule, strict=True)):
+        if segments and segments[-1][0] == is_wake and bounds[segments[-1][1]][1] == length:
+            segments[-1][2] += 1
+        else:
+            segments.append([is_wake, i, 1])
+    return [tuple(s) for s in segments]
+
+
+def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), state=None):
+    """Algorithm 1's window loop over tokens [batch, time].
+
+    ``readout(logits, *extras_window)`` maps a wake window's logits (and the matching
+    [batch, window, ...] slices of each array in ``extras``) to a pytree. Returns
+    (list of (first_window, count, readouts stacked [count, ...]), final state). ``state``
+    defaults to zeros with KV caches of L slots under sliding eviction, none under hard.
+    """
+    batch, seq_len = tokens.shape
+    bounds = window_bounds(seq_len, spec.window)
+    if len(spec.schedule) != len(bounds):
+        raise ValueError(
+            f"SleepSpec.schedule has {len(spec.schedule)} windows; a sequence of {seq_len} "
+            f"tokens with window {spec.window} has {len(bounds)}"
+        )
+    if state is None:
+        state = model.init_state(batch, cache_len=spec.window if spec.eviction == "sliding" else 0)
+    pass_remat = "pass" if spec.remat == "pass" else "none"
+    window_remat = spec.remat == "window"
+
+    def sleep_step(state, xs):
+        tok, pos = xs
+        state = consolidate(
+            model,
+            params,
+            tok,
+            pos,
+            state,
+            spec.passes,
+            loop_blocks=spec.loop_blocks,
+            remat=pass_remat,
+        )
+        return evict(state, spec.eviction), None
+
+    def wake_step(state, xs):
+        tok, pos, *ext = xs
+        logits, state = wake(model, params, tok, pos, state, remat=pass_remat)
+        return evict(state, spec.eviction), readout(logits, *ext)
+
+    outputs = []
+    for is_wake, first, count in _segments(bounds, spec.schedule):
+        begin, length = bounds[first][0], bounds[first][1]
+        end = begin + count * length
+
+        def stack(x, begin=begin, end=end, length=length, count=count):
+            # [batch, count * length, ...] -> [count, batch, length, ...]: scan over windows
+            x = x[:, begin:end].reshape(batch, count, length, *x.shape[2:])
+            return jnp.swapaxes(x, 0, 1)
+
+        pos = jnp.arange(begin, end, dtype=jnp.int32).reshape(count, length)
+        if is_wake:
+            xs = (stack(tokens), pos, *(stack(e) for e in extras))
+            state, out = _scan(wake_step, state, xs, count, remat=window_remat)
+            outputs.append((first, count, out))
+        else:
+            xs = (stack(tokens), pos)
+            state, _ = _scan(sleep_step, state, xs, count, remat=window_remat)
+    return outputs, state
+
+
+def _window_stats(logits, targets, mask):
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    ce = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    right = jnp.argmax(logits, axis=-1) == targets
+    m = mask.astype(jnp.float32)
+    return {
+        "ce": jnp.sum(ce * m),
+        "correct": jnp.sum(right * m),
+        "wrong": jnp.sum(mask & ~right, axis=1),  # [batch] masked positions predicted wrong
+    }
+
+
+def sequence_loss(model, params, batch: dict, spec: SleepSpec) -> tuple[jax.Array, dict]:
+    """Algorithm 1 over a batch; gradients flow through all windows and all passes.
+
+    batch: ``inputs``, ``targets`` int [batch, time], ``loss_mask`` bool [batch, time].
+    Returns (loss, metrics): loss = mean cross-entropy over all masked positions; metrics
+    "loss", "token_accuracy" (masked positions predicted right) and "accuracy" (fraction
+    of examples with at least one masked position whose masked positions are all right),
+    scalar float32.
+    """
+    tokens = jnp.asarray(batch["inputs"])
+    targets = jnp.asarray(batch["targets"])
+    mask = jnp.asarray(batch["loss_mask"]).astype(bool)
+    outputs, _ = run_sequence(model, params, tokens, spec, _window_stats, extras=(targets, mask))
+    zero = jnp.zeros((), jnp.float32)
+    ce, correct = zero, zero
+    wrong = jnp.zeros(tokens.shape[:1], jnp.int32)
+    for _, _, out in outputs:
+        ce = ce + jnp.sum(out["ce"])
+        correct = correct + jnp.sum(out["correct"])
+        wrong = wrong + jnp.sum(out["wrong"], axis=0).astype(jnp.int32)
+    count = jnp.maximum(jnp.sum(mask).astype(jnp.float32), 1.0)
+    has_loss = jnp.any(mask, axis=1)
+    all_right = jnp.sum(has_loss & (wrong == 0)) / jnp.maximum(jnp.sum(has_loss), 1)
+    loss = ce / count
+    metrics = {
+        "loss": loss,
+        "token_accuracy": correct / count,
+        "accuracy": all_right.astype(jnp.float32),
+    }
+    return loss, metrics
+
+
+def sequence_logits(model, params, tokens: jax.Array, spec: SleepSpec):
+    """Logits of Algorithm 1's wake windows: ([batch, time, vocab] float32, final state).
+
+    Positions in sleep windows get zero logits (sleep produces no prediction). This is the
+    reference that a streaming decoder must reproduce at the prediction positions.
+    """
+    batch, seq_len = tokens.shape
+    outputs, state = run_sequence(model, params, tokens, spec, lambda logits: logits)
+    logits = jnp.zeros((batch, seq_len, model.vocab_size), jnp.float32)
+    bounds = window_bounds(seq_len, spec.window)
+    for first, count, out in outputs:
+        begin, length = bounds[first]
+        out = jnp.swapaxes(out, 0, 1).reshape(batch, count * length, -1)
+        logits = logits.at[:, begin : begin + count * length].set(out)
+    return logits, state
