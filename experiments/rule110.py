@@ -132,3 +132,15 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     if arg.passes >= 0:
         config.sleep.passes = arg.passes
     return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """Points for `python -m sleep_lm.sweep --config=experiments/rule110.py[:smoke] ...`.
+
+    Paper (Fig. 2b): t = 32, N in {1, 2, 3, 4}. Smoke: t in {0, 1, 2} x N in {1, 2}, a
+    CPU-sized look at how accuracy depends on N as the rollout gets deeper.
+    """
+    arg = parse_arg(arg, **_ARG_DEFAULTS)
+    if arg.smoke:
+        return [{"task.steps": t, "sleep.passes": n} for t in (0, 1, 2) for n in (1, 2)]
+    return [{"task.steps": 32, "sleep.passes": n} for n in (1, 2, 3, 4)]

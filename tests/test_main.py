@@ -130,6 +130,7 @@ def tiny_run(tmp_path_factory):
         "--config.model.width=16",
         "--config.model.heads=2",
         "--config.model.mlp_ratio=2",
+        "--config.model.layers=attn,gdn",  # both kinds; fewer blocks compile faster
         "--config.train.batch_size=4",
         "--config.train.eval_size=8",
         "--config.train.log_every=1",
@@ -168,6 +169,7 @@ def test_cli_eval_mode(tiny_run):
         "--config.model.width=16",
         "--config.model.heads=2",
         "--config.model.mlp_ratio=2",
+        "--config.model.layers=attn,gdn",
         "--config.train.batch_size=4",
         "--config.train.eval_size=8",
         "--mode=eval",
