@@ -3,7 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
-from conftest import experiment_config, fake_init
+from train_fakes import experiment_config, fake_init
 
 from sleep_lm.train import optim
 from sleep_lm.train.checkpoint import Checkpointer

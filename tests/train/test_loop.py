@@ -6,7 +6,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import FakeTask, fake_components, tiny_config
+from train_fakes import FakeTask, fake_components, tiny_config
 
 from sleep_lm.train import loop, optim
 from sleep_lm.train.checkpoint import Checkpointer
@@ -160,3 +160,14 @@ def test_evaluate_checkpoint_matches_final_eval(straight_run):
     assert step == 6
     for key, value in final_eval.items():
         assert metrics[key] == pytest.approx(value, rel=1e-6)
+
+
+def test_evaluate_in_chunks_equals_whole_set_mean():
+    batch = {"inputs": np.arange(11, dtype=np.float32)[:, None] ** 2}
+
+    def eval_step(params, chunk):
+        return {"m": np.mean(chunk["inputs"])}
+
+    whole = loop.evaluate(eval_step, None, batch, chunk_size=11)
+    chunked = loop.evaluate(eval_step, None, batch, chunk_size=4)  # 4 + 4 + 3
+    assert chunked["m"] == pytest.approx(whole["m"]) == pytest.approx(385 / 11)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import experiment_config, fake_init
+from train_fakes import experiment_config, fake_init
 
 from sleep_lm.train import optim
 

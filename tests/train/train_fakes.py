@@ -14,7 +14,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from ml_collections import config_dict
 
 from sleep_lm.train.loop import Components
@@ -114,8 +113,3 @@ def tiny_config(**train_overrides) -> config_dict.ConfigDict:
     for key, value in train_overrides.items():
         config.train[key] = value
     return config
-
-
-@pytest.fixture
-def components():
-    return fake_components()
