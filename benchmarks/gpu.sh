@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# The performance suite on one GPU, JAX and PyTorch + fla side by side, in one run.
+#
+#   bash benchmarks/gpu.sh                  # writes under $OUT (the device tool's folder)
+#   bash benchmarks/gpu.sh --out DIR        # or under DIR
+#   bash benchmarks/gpu.sh --quick          # every script in its quick mode (a smoke run)
+#
+# Expects Python 3 with jax (CUDA), torch and triton installed, and the rest of sleep_lm's
+# dependencies (flax, optax, orbax-checkpoint, chex, absl-py); ml-collections and fla-core
+# may be carried as wheels in .whl/ (installed here with --no-deps into /tmp/site).
+#
+# Phases, most important first (each under its own time limit; a failing or timed-out phase
+# is logged and the next one runs), sized to about 9 minutes on an H100/H200:
+#   torch     benchmarks/torch_rule110.py: the Rule 110 Algorithm 1 step in PyTorch eager +
+#             fla's chunk_gated_delta_rule, bf16, batch 512, N = 1, 2, 4 (+ a loss
+#             cross-check against sleep_lm on the same parameters)
+#   train     benchmarks/train_throughput.py --settings rule110: the JAX trainer's step, same
+#             setting, N = 1, 2, 4, remat none and pass
+#   wake      benchmarks/wake_sleep.py at batch 1 and 512: decode ms/token, sleep ms/window
+#   ops       benchmarks/ops.py --chunk_sizes 64: the GDN kernels alone
+#   large     benchmarks/train_throughput.py --settings large: width 1024, 8 layers, L = 2048
+# Files written (at most 8, as the device tool brings back): gpu.log (environment and every
+# phase's output) and one JSON per phase.
+# Knobs (environment): PASSES (default 1,2,4), TRAIN_REMATS (none,pass), LARGE_REMATS (pass),
+# LARGE_BATCH (4), TORCH_BATCH (512), SKIP (space-separated phase names to skip), PYTHON (python3).
+set -u -o pipefail
+
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT:-/tmp/sleep_lm_gpu_bench}"
+QUICK=""  # "" or "--quick", expanded unquoted (empty: no argument)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) OUT_DIR="$2"; shift 2 ;;
+    --out=*) OUT_DIR="${1#--out=}"; shift ;;
+    --quick) QUICK="--quick"; shift ;;
+    *) echo "usage: bash benchmarks/gpu.sh [--out DIR] [--quick]" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/gpu.log"
+: >"$LOG"
+PY="${PYTHON:-python3}"
+PASSES="${PASSES:-1,2,4}"
+SKIP=" ${SKIP:-} "
+
+log() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
+
+# Carried wheels (ml-collections, fla-core), without touching the system site-packages.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PY" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tee -a "$LOG"
+  export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+log "sleep_lm $(git rev-parse --short HEAD 2>/dev/null || echo '?') on $(hostname)"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+  "$PY" - <<'EOF' 2>&1
+import importlib, platform
+print("python", platform.python_version())
+for name in ("jax", "jaxlib", "flax", "optax", "orbax.checkpoint", "chex", "ml_collections",
+             "absl", "torch", "triton", "fla"):
+    try:
+        module = importlib.import_module(name)
+        print(f"{name:18} {getattr(module, '__version__', 'ok')}")
+    except Exception as err:  # noqa: BLE001
+        print(f"{name:18} MISSING ({type(err).__name__}: {err})")
+try:
+    import jax
+    print("jax devices", jax.devices())
+except Exception as err:  # noqa: BLE001
+    print("jax devices: FAILED", err)
+try:
+    import torch
+    print("torch cuda", torch.cuda.is_available(), torch.version.cuda)
+except Exception as err:  # noqa: BLE001
+    print("torch: FAILED", err)
+EOF
+} | tee -a "$LOG"
+
+# run NAME SECONDS CMD...: one phase under a time limit; its output goes to the log.
+run() {
+  local name="$1" limit="$2"
+  shift 2
+  if [[ "$SKIP" == *" $name "* ]]; then
+    log "skip $name (SKIP)"
+    return 0
+  fi
+  log "start $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  log "end $name: exit $rc after $((SECONDS - t0)) s$([ "$rc" = 124 ] && echo ' (TIMED OUT)')"
+}
+
+# torch + fla first (the reference the JAX numbers are compared with). JAX inside it (the
+# cross-check) runs on the CPU and must not take the GPU's memory.
+XLA_PYTHON_CLIENT_PREALLOCATE=false run torch 150 \
+  "$PY" benchmarks/torch_rule110.py --passes "$PASSES" --batch "${TORCH_BATCH:-512}" \
+  --crosscheck $QUICK --out "$OUT_DIR/torch_rule110.json"
+run train 270 "$PY" benchmarks/train_throughput.py --settings rule110 --passes "$PASSES" \
+  --remats "${TRAIN_REMATS:-none,pass}" $QUICK --out "$OUT_DIR/train_rule110.json"
+run wake 60 "$PY" benchmarks/wake_sleep.py --passes "$PASSES" --batch 1 $QUICK \
+  --out "$OUT_DIR/wake_sleep_b1.json"
+run wake512 60 "$PY" benchmarks/wake_sleep.py --passes "$PASSES" --batch 512 $QUICK \
+  --out "$OUT_DIR/wake_sleep_b512.json"
+run ops 120 "$PY" benchmarks/ops.py --chunk_sizes 64 $QUICK --out "$OUT_DIR/ops.json"
+run large 180 "$PY" benchmarks/train_throughput.py --settings large --passes "$PASSES" \
+  --remats "${LARGE_REMATS:-pass}" --large_batch "${LARGE_BATCH:-4}" --repeats 3 \
+  $QUICK --out "$OUT_DIR/train_large.json"
+
+log "done; files in $OUT_DIR:"
+ls -la "$OUT_DIR" | tee -a "$LOG"

@@ -1,0 +1,359 @@
+"""Training throughput (tokens/s) and peak memory versus sleep passes N and remat mode.
+
+    python benchmarks/train_throughput.py                       # backend defaults (below)
+    python benchmarks/train_throughput.py --quick               # < 1 minute on a 2-core CPU
+    python benchmarks/train_throughput.py --settings rule110 --passes 1,2,4 \\
+        --remats none,pass,window --out train.json
+
+The step timed is the trainer's own: ``sleep_lm.train.loop.make_train_step`` (Algorithm 1
+loss ``sleep.sequence_loss``, gradients through all windows and passes, global-norm clip,
+Muon + AdamW from ``sleep_lm.train.optim``, non-finite guard), jitted with the state donated,
+exactly as ``loop.train`` runs it. Settings:
+
+- ``rule110``: the paper's Rule 110 run (experiments/rule110.py, no argument): batch 512,
+  T = 100, L = 24 (4 sleep windows + a 4-token wake window), width 256, 4 heads, layers
+  attn,gdn,attn,gdn, MLP 4x, real task batches.
+- ``large``: a larger GDN hybrid: width 1024, 8 heads (head dim 128), 8 layers
+  (attn,gdn x 4), MLP 4x, L = 2048, T = 4 windows (3 sleep + 1 wake window whose every
+  position has a loss), batch 4, vocabulary 256, random tokens. Sizes: --large_* flags.
+
+dtype: bfloat16 compute on an accelerator, float32 on CPU (--dtype); parameters and fast
+weights are float32 either way. On CPU without --quick, a configuration whose compiled
+program would need more than --max_gib of memory is skipped (the full Rule 110 batch needs
+10-52 GiB without remat on CPU).
+
+Timing: each configuration is compiled once (compile time reported), run ``--warmup`` steps,
+then timed over ``--repeats`` steps (one ``block_until_ready`` per step); the table shows the
+median step time and tokens/s = batch * T / step time. Memory: XLA's buffer assignment of the
+compiled step (arguments + outputs - donated aliases + temporaries), on every backend, and
+the device's ``peak_bytes_in_use`` where the backend reports it (a process high-water mark:
+it only grows from one configuration to the next).
+
+--quick (CPU smoke run): rule110 at batch 8, N in 1, 2, remat "pass", 2 timed steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sleep_lm import sleep
+from sleep_lm.model import build_model
+from sleep_lm.tasks import get_task
+from sleep_lm.train import loop, optim
+from sleep_lm.train.state import TrainState
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rule110_config():
+    """experiments/rule110.py's get_config() (the paper's setting), loaded by path."""
+    spec = importlib.util.spec_from_file_location("rule110_config", ROOT / "experiments/rule110.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@dataclasses.dataclass
+class Setting:
+    """A model, a batch maker and the config the trainer needs, for one benchmark setting."""
+
+    name: str
+    config: object  # ConfigDict: model.*, sleep.*, train.*
+    batch_size: int
+    seq_len: int
+    vocab_size: int
+    make_batch: object  # (batch_size) -> dict of NumPy arrays
+    describe: str
+
+
+def rule110_setting(batch_size: int, dtype: str) -> Setting:
+    config = rule110_config()
+    config.model.dtype = dtype
+    task = get_task(config.task)
+    rng = np.random.default_rng(0)
+    return Setting(
+        name="rule110",
+        config=config,
+        batch_size=batch_size,
+        seq_len=task.seq_len,
+        vocab_size=task.vocab_size,
+        make_batch=lambda b: task.sample(rng, b),
+        describe=(
+            f"Rule 110: batch {batch_size}, T = {task.seq_len}, L = {config.sleep.window}, "
+            f"width {config.model.width}, {config.model.heads} heads, {config.model.layers}"
+        ),
+    )
+
+
+def large_setting(args, dtype: str) -> Setting:
+    config = rule110_config()  # optimiser and everything else as in the paper's run
+    config.model.width = args.large_width
+    config.model.heads = args.large_heads
+    config.model.layers = ",".join(["attn", "gdn"] * (args.large_layers // 2))
+    config.model.dtype = dtype
+    config.sleep.window = args.large_window
+    seq_len = args.large_window * args.large_windows
+    vocab = args.large_vocab
+    rng = np.random.default_rng(0)
+
+    def make_batch(b):
+        tokens = rng.integers(0, vocab, (b, seq_len + 1)).astype(np.int32)
+        mask = np.zeros((b, seq_len), bool)
+        mask[:, -args.large_window :] = True  # the last window wakes; the others sleep
+        return dict(inputs=tokens[:, :-1], targets=tokens[:, 1:], loss_mask=mask)
+
+    return Setting(
+        name="large",
+        config=config,
+        batch_size=args.large_batch,
+        seq_len=seq_len,
+        vocab_size=vocab,
+        make_batch=make_batch,
+        describe=(
+            f"large GDN hybrid: batch {args.large_batch}, T = {seq_len}, L = "
+            f"{args.large_window}, width {args.large_width}, {args.large_heads} heads, "
+            f"{config.model.layers}, vocab {vocab}"
+        ),
+    )
+
+
+def compiled_bytes(compiled) -> int | None:
+    try:
+        m = compiled.memory_analysis()
+        return int(
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+            + m.temp_size_in_bytes
+        )
+    except Exception:  # noqa: BLE001 -- not every backend reports it
+        return None
+
+
+def device_peak() -> int | None:
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def _is_oom(err: BaseException) -> bool:
+    text = str(err).lower()
+    return "resource_exhausted" in text or "out of memory" in text
+
+
+def bench(setting: Setting, passes: int, remat: str, args, params) -> dict:
+    config = setting.config
+    config.sleep.passes = passes
+    config.sleep.remat = remat
+    model = build_model(
+        config.model,
+        vocab_size=setting.vocab_size,
+        max_len=setting.seq_len,
+        window=config.sleep.window,
+    )
+    batch = setting.make_batch(setting.batch_size)
+    schedule = sleep.window_schedule(batch["loss_mask"], config.sleep.window)
+    spec = sleep.SleepSpec.from_config(config.sleep, schedule)
+    optimizer = optim.make_optimizer(config.train)
+
+    def loss_fn(params, batch):
+        return sleep.sequence_loss(model, params, batch, spec)
+
+    step = jax.jit(loop.make_train_step(loss_fn, optimizer), donate_argnums=0)
+    row = dict(setting=setting.name, passes=passes, remat=remat, batch=setting.batch_size)
+    # A fresh copy: the step donates its state, parameters included.
+    state = TrainState.create(jax.tree.map(jnp.copy, params), optimizer)
+    t0 = time.perf_counter()
+    try:
+        compiled = step.lower(state, batch).compile()
+    except Exception as err:  # noqa: BLE001 -- only out-of-memory is tolerated
+        if not _is_oom(err):
+            raise
+        return dict(row, error="OOM at compile")
+    row["compile_s"] = time.perf_counter() - t0
+    row["compiled_bytes"] = compiled_bytes(compiled)
+    limit = args.max_gib * 2**30 if args.max_gib else None
+    if limit and row["compiled_bytes"] and row["compiled_bytes"] > limit:
+        return dict(row, error=f"skipped: needs {row['compiled_bytes'] / 2**30:.1f} GiB")
+    times = []
+    try:
+        batches = [setting.make_batch(setting.batch_size) for _ in range(2)]
+        for i in range(args.warmup + args.repeats):
+            t0 = time.perf_counter()
+            state, metrics = compiled(state, batches[i % 2])
+            jax.block_until_ready(metrics)
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+    except Exception as err:  # noqa: BLE001
+        if not _is_oom(err):
+            raise
+        return dict(row, error="OOM at run")
+    step_s = statistics.median(times)
+    row.update(
+        step_ms=step_s * 1e3,
+        step_min_ms=min(times) * 1e3,
+        tokens_per_s=setting.batch_size * setting.seq_len / step_s,
+        loss=float(metrics["loss"]),
+        finite=bool(metrics["finite"]),
+        device_peak_bytes=device_peak(),
+    )
+    return row
+
+
+def parse_list(kind):
+    def parse(text: str):
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return values
+
+    return parse
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="CPU smoke run (< 1 minute)")
+    parser.add_argument("--out", help="write the results as JSON to this file")
+    parser.add_argument("--settings", type=parse_list(str), help="rule110,large")
+    parser.add_argument("--passes", type=parse_list(int), help="N values, e.g. 1,2,4")
+    parser.add_argument("--remats", type=parse_list(str), help="none,pass,window")
+    parser.add_argument("--batch", type=int, help="Rule 110 batch size (paper: 512)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"])
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+    parser.add_argument("--repeats", type=int, help="timed steps (median reported)")
+    parser.add_argument("--max_gib", type=float, help="skip configs whose program needs more")
+    parser.add_argument("--large_width", type=int, default=1024)
+    parser.add_argument("--large_heads", type=int, default=8)
+    parser.add_argument("--large_layers", type=int, default=8, help="even: attn,gdn pairs")
+    parser.add_argument("--large_window", type=int, default=2048, help="L")
+    parser.add_argument("--large_windows", type=int, default=4, help="T = L x this")
+    parser.add_argument("--large_batch", type=int, default=4)
+    parser.add_argument("--large_vocab", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    backend = jax.default_backend()
+    accel = backend != "cpu"
+    dtype = args.dtype or ("bfloat16" if accel else "float32")
+    settings = args.settings or (["rule110"] if args.quick else ["rule110", "large"])
+    passes = args.passes or ([1, 2] if args.quick else [1, 2, 4])
+    remats = args.remats or (["pass"] if args.quick else ["none", "pass", "window"])
+    batch = args.batch or (8 if args.quick else 512)
+    args.repeats = args.repeats or (2 if args.quick else (10 if accel else 3))
+    if args.quick:
+        args.warmup = min(args.warmup, 1)
+    if args.max_gib is None and not accel:
+        args.max_gib = 0.6 * _host_gib()
+    for remat in remats:
+        if remat not in sleep.REMATS:
+            parser.error(f"--remats: allowed {sleep.REMATS}, got {remat!r}")
+    for name in settings:
+        if name not in ("rule110", "large"):
+            parser.error(f"--settings: allowed rule110, large; got {name!r}")
+
+    device = jax.devices()[0]
+    meta = dict(
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        jax=jax.__version__,
+        python=platform.python_version(),
+        backend=backend,
+        device_kind=device.device_kind,
+        host=platform.node(),
+        cpus=_cpu_count(),
+        load_average=_load(),
+        dtype=dtype,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        quick=args.quick,
+    )
+    print(
+        f"jax {meta['jax']}, backend {backend} ({meta['device_kind']}), {meta['cpus']} host "
+        f"CPUs, load {meta['load_average']}, compute dtype {dtype}, median of "
+        f"{args.repeats} steps after {args.warmup} warm-up, {meta['date']}",
+        flush=True,
+    )
+    rows = []
+    for name in settings:
+        setting = rule110_setting(batch, dtype) if name == "rule110" else large_setting(args, dtype)
+        print(f"\n{setting.describe}", flush=True)
+        model = build_model(
+            setting.config.model,
+            vocab_size=setting.vocab_size,
+            max_len=setting.seq_len,
+            window=setting.config.sleep.window,
+        )
+        params = model.init_params(jax.random.key(0))
+        print(
+            f"{'N':>3} {'remat':>6} {'step ms':>9} {'tokens/s':>11} {'program GiB':>12} "
+            f"{'dev peak GiB':>13} {'compile s':>10}  note",
+            flush=True,
+        )
+        for n in passes:
+            for remat in remats:
+                row = bench(setting, n, remat, args, params)
+                rows.append(row)
+                gib = lambda x: "-" if x is None else f"{x / 2**30:.2f}"
+                if "error" in row:
+                    print(
+                        f"{n:>3} {remat:>6} {'-':>9} {'-':>11} "
+                        f"{gib(row.get('compiled_bytes')):>12} {'-':>13} "
+                        f"{row.get('compile_s', 0):>10.1f}  {row['error']}",
+                        flush=True,
+                    )
+                    continue
+                print(
+                    f"{n:>3} {remat:>6} {row['step_ms']:>9.1f} {row['tokens_per_s']:>11,.0f} "
+                    f"{gib(row['compiled_bytes']):>12} {gib(row['device_peak_bytes']):>13} "
+                    f"{row['compile_s']:>10.1f}  {'' if row['finite'] else 'non-finite loss'}",
+                    flush=True,
+                )
+    print(
+        "\nprogram GiB: XLA buffer assignment of the jitted step (arguments + outputs - "
+        "donated + temporaries). dev peak: the device allocator's high-water mark so far."
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _host_gib() -> float:
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except Exception:  # noqa: BLE001
+        return 16.0
+
+
+def _cpu_count():
+    try:
+        import os
+
+        return len(os.sched_getaffinity(0))
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _load():
+    try:
+        import os
+
+        return round(os.getloadavg()[0], 2)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
