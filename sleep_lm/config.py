@@ -6,6 +6,12 @@
 fields of experiments/*.py (see README "Config reference"); the task's own constructor checks
 its fields (`get_task` raises ValueError naming `task.<field>`), and the model's builder
 checks anything model-specific this module does not know about.
+
+The mesh (`config.mesh`, see sleep_lm/parallel.py) is checked in two steps: `validate`
+checks what needs no device (sizes, rules); `validate_mesh(config, num_devices)` checks the
+sizes against the devices, the batch against the batch axes and the heads against the
+tensor axis. `main` calls it after `jax.distributed.initialize` (which must come before
+anything touches a device) and before compiling.
 """
 
 import re
@@ -13,7 +19,7 @@ import re
 import numpy as np
 from ml_collections import config_dict
 
-from sleep_lm import sleep
+from sleep_lm import parallel, sleep
 from sleep_lm.model.config import DTYPES, GDN_IMPLS, LAYER_KINDS, POSITIONS, RULES, ModelConfig
 from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES
 
@@ -143,9 +149,68 @@ def _validate_train(config) -> None:
         _int(config, f"train.{field}", 1)
 
 
-def validate(config: config_dict.ConfigDict):
+def default_mesh_config() -> config_dict.ConfigDict:
+    """`config.mesh` defaults: every device on the data axis, maxtext-style rules.
+
+    Sizes: data=-1 (all the devices the other axes leave), fsdp=1, tensor=1. Rules map each
+    logical axis to a comma-separated list of mesh axes ("" = replicated).
+    """
+    mesh = config_dict.ConfigDict()
+    for axis, size in parallel.DEFAULT_MESH.items():
+        mesh[axis] = size
+    mesh.rules = config_dict.ConfigDict(
+        {name: ",".join(axes) for name, axes in parallel.DEFAULT_RULES.items()}
+    )
+    return mesh
+
+
+def _validate_mesh_static(config) -> None:
+    try:
+        parallel.check_mesh_config(parallel.mesh_config(config))
+    except parallel.MeshError as e:
+        raise ConfigError(str(e)) from None
+
+
+def validate_mesh(config: config_dict.ConfigDict, num_devices: int) -> dict[str, int]:
+    """Checks `config.mesh` against `num_devices`; returns the resolved {axis: size}.
+
+    Raises ConfigError (one line naming the field) when the sizes do not multiply to the
+    device count, when train.batch_size or train.eval_size is not a multiple of the batch
+    axes (data x fsdp by default), or model.heads not a multiple of the heads axes (tensor).
+    """
+    mesh_cfg = parallel.mesh_config(config)
+    try:
+        rules = dict(parallel.parse_rules(mesh_cfg.get("rules", None)))
+        sizes = parallel.mesh_shape(mesh_cfg, num_devices)
+    except parallel.MeshError as e:
+        raise ConfigError(str(e)) from None
+
+    def axes_text(logical):
+        """'mesh.data=4 x mesh.fsdp=2 = 8', or 'mesh.tensor=8' for one axis."""
+        axes = rules[logical]
+        text = " x ".join(f"mesh.{a}={sizes[a]}" for a in axes)
+        return text if len(axes) == 1 else f"{text} = {parallel.axes_size(sizes, axes)}"
+
+    shards = parallel.axes_size(sizes, rules["batch"])
+    for field in ("batch_size", "eval_size"):
+        value = _int(config, f"train.{field}", 1)
+        if value % shards:
+            raise ConfigError(
+                f"config.train.{field}={value} must be a multiple of the batch axes "
+                f"{axes_text('batch')} (mesh.rules.batch)"
+            )
+    heads = _int(config, "model.heads", 1)
+    if heads % parallel.axes_size(sizes, rules["heads"]):
+        raise ConfigError(
+            f"config.model.heads={heads} must be a multiple of the heads axes "
+            f"{axes_text('heads')} (mesh.rules.heads)"
+        )
+    return sizes
+
+
+def validate(config: config_dict.ConfigDict, num_devices: int | None = None):
     """Raises ConfigError for the first invalid field; returns the task (built on the way,
-    cheap: pure NumPy) for callers that want it."""
+    cheap: pure NumPy) for callers that want it. With `num_devices`, also `validate_mesh`."""
     from sleep_lm.tasks import get_task
 
     _int(config, "seed", 0)
@@ -164,4 +229,7 @@ def validate(config: config_dict.ConfigDict):
     mask = task.eval_batch(1, config.seed)["loss_mask"][0]
     _validate_sleep(config, task.seq_len, mask)
     _validate_train(config)
+    _validate_mesh_static(config)
+    if num_devices is not None:
+        validate_mesh(config, num_devices)
     return task
