@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from sleep_lm.model.config import ModelConfig
 from sleep_lm.model.positions import rotary
-from sleep_lm.model.state import EMPTY_POSITION, KVCache
+from sleep_lm.model.state import EMPTY_POSITION, KVCache, constrain
 
 # Finite mask value: a row with no visible key (impossible here: a query always sees
 # itself) would give a uniform softmax instead of NaN.
@@ -99,4 +99,4 @@ class Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", probs, values.astype(cfg.compute_dtype))
         y = dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
-        return y, write_cache(cache, k, v, positions)
+        return y, constrain(write_cache(cache, k, v, positions))

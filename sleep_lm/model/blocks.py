@@ -48,4 +48,7 @@ class Block(nn.Module):
         y, layer_state = mixer(norm(name="mixer_norm")(h), layer_state, positions)
         h = h + y
         h = h + MLP(cfg, name="mlp")(norm(name="mlp_norm")(h))
+        # The residual stream [batch, time, width] is split on the batch only (weights split
+        # by fsdp are gathered per use); a no-op outside a sharding context.
+        h = nn.with_logical_constraint(h, ("batch", None, None))
         return h, layer_state

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from sleep_lm import ops
 from sleep_lm.model.config import ModelConfig
 from sleep_lm.model.positions import rotary
-from sleep_lm.model.state import FastWeightState
+from sleep_lm.model.state import FastWeightState, constrain
 
 _L2_EPS = 1e-6
 
@@ -127,4 +127,4 @@ class GatedDeltaNet(nn.Module):
         gate = dense(heads * dim, name="o_gate_proj")(x).reshape(batch, time, heads, dim)
         o = o * nn.silu(gate)
         y = dense(cfg.width, name="o_proj")(o.reshape(batch, time, heads * dim))
-        return y, FastWeightState(fast_weights=fast_weights, conv_tail=conv_tail)
+        return y, constrain(FastWeightState(fast_weights=fast_weights, conv_tail=conv_tail))

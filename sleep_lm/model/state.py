@@ -15,12 +15,17 @@ The KV cache is a ring buffer: global position ``p`` lives in slot ``p % cache_l
 every slot records the position it holds (-1 for an empty slot). Attention masks keys by
 these positions, so the slot order never matters and a streaming decoder can write one
 token at a time into a fixed-size buffer (static shapes under jit).
+
+Sharding: ``constrain`` pins each state array to its logical axes (``batch`` and ``heads``,
+mapped to mesh axes by ``config.mesh.rules``; see sleep_lm/parallel.py). Outside a
+``parallel.sharding_context`` (one device, tests, inference) it returns its input.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -40,6 +45,27 @@ class KVCache(NamedTuple):
     keys: jax.Array  # [batch, cache_len, heads, head_dim]
     values: jax.Array  # [batch, cache_len, heads, head_dim]
     positions: jax.Array  # [batch, cache_len] int32 global position per slot; -1 = empty
+
+
+# Logical axes of each state array (names of sleep_lm/parallel.py's rules table). The
+# conv tail's channels are q|k|v concatenated, not head-major, so they are not split.
+FAST_WEIGHT_AXES = FastWeightState(
+    fast_weights=("batch", "heads", "kv", None), conv_tail=("batch", None, None)
+)
+KV_CACHE_AXES = KVCache(
+    keys=("batch", None, "heads", "kv"),
+    values=("batch", None, "heads", "kv"),
+    positions=("batch", None),
+)
+
+
+def constrain(layer_state):
+    """Sharding constraint of one layer's state (FastWeightState or KVCache) on its logical
+    axes; a no-op outside a sharding context."""
+    axes = FAST_WEIGHT_AXES if isinstance(layer_state, FastWeightState) else KV_CACHE_AXES
+    return type(layer_state)(
+        *(nn.with_logical_constraint(x, a) for x, a in zip(layer_state, axes, strict=True))
+    )
 
 
 class ModelState(NamedTuple):
