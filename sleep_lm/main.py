@@ -8,9 +8,17 @@ there is a checkpoint; --mode=eval evaluates the latest checkpoint on the held-o
 writes WORKDIR/eval.json. The config is validated before anything is compiled: an invalid
 field prints one line `error: config.<field> ...` and exits with status 2.
 
+Devices: `config.mesh` (data, fsdp, tensor; see sleep_lm/parallel.py) lays the run out on
+all devices; the mesh is checked against the device count before compiling. Multi-host:
+every host runs this same command; `--distributed=on` starts JAX's multi-controller runtime
+(TPU pods, and GPU clusters under `srun`, are detected by JAX), or pass
+`--coordinator_address=HOST:PORT --num_processes=P --process_id=I` on each host. The
+default `--distributed=auto` does that only when a coordinator address is given or inside a
+SLURM step of several tasks. See launch/README.md.
+
 Exit status: 0 done; 1 non-finite loss (the last good checkpoint is kept) or no checkpoint
-to evaluate; 2 invalid config; 128 + signal number when stopped by SIGINT / SIGTERM (after
-saving a checkpoint).
+to evaluate; 2 invalid config (or distributed setup); 128 + signal number when stopped by
+SIGINT / SIGTERM (after saving a checkpoint).
 """
 
 import json
@@ -28,6 +36,22 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints/."
 )
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "Multi-host init (jax.distributed.initialize): 'on' always (TPU pods; srun), 'off' "
+    "never, 'auto' when --coordinator_address is set or inside a multi-task SLURM step.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, for multi-host runs without SLURM."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes (default: detected, or SLURM_NTASKS)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process's index (default: detected, or SLURM_PROCID)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -58,6 +82,27 @@ def main(argv) -> None:
     except config_lib.ConfigError as e:
         fail(str(e), 2)
 
+    # Multi-host init must precede anything that touches a device; the device-dependent
+    # mesh checks follow it, still before anything is compiled.
+    import jax
+
+    from sleep_lm import parallel
+
+    try:
+        parallel.initialize_distributed(
+            _DISTRIBUTED.value,
+            coordinator_address=_COORDINATOR.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    except (ValueError, RuntimeError) as e:
+        fail(f"--distributed={_DISTRIBUTED.value}: {e}".splitlines()[0], 2)
+    parallel.quiet_non_primary()
+    try:
+        config_lib.validate_mesh(config, jax.device_count())
+    except config_lib.ConfigError as e:
+        fail(str(e), 2)
+
     from sleep_lm.train import loop
 
     workdir = Path(_WORKDIR.value)
@@ -72,12 +117,14 @@ def main(argv) -> None:
         except FileNotFoundError as e:
             fail(str(e), 1)
         record = {"step": step, **metrics}
-        (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
-        print(json.dumps(record), flush=True)
+        if parallel.is_primary():
+            (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+            print(json.dumps(record), flush=True)
         return
 
     workdir.mkdir(parents=True, exist_ok=True)
-    write_config(config, workdir)
+    if parallel.is_primary():
+        write_config(config, workdir)
     try:
         metrics = loop.train(config, workdir, components)
     except loop.NonFiniteLoss as e:

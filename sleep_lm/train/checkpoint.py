@@ -3,6 +3,13 @@
 A checkpoint is the whole `TrainState` (step, params, optimiser state) at a step; the data
 order is a function of (seed, step), so restoring the state is all a restart needs to
 continue exactly where the run left off.
+
+Meshes: orbax stores every array whole (as its global shape), so a checkpoint written on one
+mesh restores on any other (8 devices -> 1 -> 4, another data/fsdp/tensor split, another
+number of hosts): `restore` reads each array straight into the sharding of the target's
+ShapeDtypeStructs (the train loop passes the current mesh's NamedShardings). With several
+processes every process calls `save` and `restore`; orbax writes each process's shards and
+lets process 0 finalise the checkpoint, so WORKDIR must be a directory all hosts share.
 """
 
 import logging as std_logging
@@ -29,8 +36,9 @@ def _quiet_orbax() -> None:
 def abstract_like(tree):
     """ShapeDtypeStructs (with a sharding) for `tree`, the restore target orbax wants.
 
-    Leaves without a sharding (from `jax.eval_shape`) are placed on the first local device;
-    the mesh issue replaces this with the train state's NamedShardings.
+    Leaves that carry a sharding (the train loop's NamedShardings) keep it: orbax restores
+    into it, resharding as needed. Leaves without one (plain `jax.eval_shape`) are placed
+    on the first local device.
     """
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 

@@ -11,7 +11,16 @@ can hand in their own:
 
 Determinism: the batch of step s is `task.sample(np.random.default_rng([seed, 2, s]), batch)`,
 and parameters are initialised from `seed`, so a restarted run sees the same data in the
-same order as an uninterrupted one and resuming from a checkpoint reproduces it.
+same order as an uninterrupted one and resuming from a checkpoint reproduces it. With
+several hosts each host samples only its rows of the global batch, from
+`[seed, 2, s, num_shards, shard]` (`batch_for_step`); one host, whatever its number of
+devices, samples exactly the single-process batch.
+
+Devices (sleep_lm/parallel.py): the train state is placed on the mesh of `config.mesh` with
+NamedShardings from the parameter layout table, the batch is split on its leading axis over
+the "batch" rule's mesh axes, and the train and eval steps are jitted with these in/out
+shardings (metrics replicated). Checkpoints restore onto the current mesh, whatever mesh
+wrote them. Only process 0 writes metrics.jsonl; every process takes part in orbax saves.
 
 Failure handling: a step with a non-finite loss or gradient leaves the state unchanged
 (in-graph select) and the loop stops with `NonFiniteLoss`; the checkpoints on disk are all
@@ -34,6 +43,7 @@ import optax
 from absl import logging
 from ml_collections import config_dict
 
+from sleep_lm import parallel
 from sleep_lm.train import optim
 from sleep_lm.train.checkpoint import Checkpointer
 from sleep_lm.train.metrics import MetricsWriter, Progress, format_duration
@@ -95,9 +105,19 @@ def build_components(config: config_dict.ConfigDict) -> Components:
 TRAIN_STREAM = 2
 
 
-def batch_for_step(task, seed: int, step: int, batch_size: int) -> dict:
-    """The training batch of `step`: a function of (seed, step) only."""
-    return task.sample(np.random.default_rng([seed, TRAIN_STREAM, step]), batch_size)
+def batch_for_step(
+    task, seed: int, step: int, batch_size: int, shard: int = 0, num_shards: int = 1
+) -> dict:
+    """The training batch of `step`: a function of (seed, step) only.
+
+    With `num_shards` > 1 (several hosts, `parallel.host_rows`), the `batch_size` rows of
+    shard `shard` of the global batch, from a seed that also holds (num_shards, shard): every
+    host draws different rows, deterministically, without sampling the others'.
+    """
+    key = [seed, TRAIN_STREAM, step]
+    if num_shards > 1:
+        key += [num_shards, shard]
+    return task.sample(np.random.default_rng(key), batch_size)
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
@@ -137,17 +157,20 @@ def make_eval_step(loss_fn: LossFn):
     return eval_step
 
 
-def evaluate(eval_step, params, batch: dict, chunk_size: int) -> dict[str, float]:
+def evaluate(eval_step, params, batch: dict, chunk_size: int, put=None) -> dict[str, float]:
     """Metrics on `batch`, evaluated `chunk_size` examples at a time (bounded memory).
 
     Every metric is a mean over examples (each example has the same number of labelled
     positions), so chunk means weighted by chunk size give the mean over the whole set.
+    `put` turns a NumPy chunk into device arrays (sharded over the mesh).
     """
     size = len(batch["inputs"])
     totals: dict[str, float] = {}
     for start in range(0, size, chunk_size):
         chunk = {k: v[start : start + chunk_size] for k, v in batch.items()}
         n = len(chunk["inputs"])
+        if put is not None:
+            chunk = put(chunk)
         for key, value in jax.device_get(eval_step(params, chunk)).items():
             totals[key] = totals.get(key, 0.0) + float(value) * n
     return {key: value / size for key, value in totals.items()}
@@ -198,23 +221,86 @@ def _log_param_split(params, train: config_dict.ConfigDict) -> None:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where arrays live: the mesh, its logical rules, and the batch's sharding."""
+
+    mesh: jax.sharding.Mesh
+    rules: tuple
+
+    @classmethod
+    def from_config(cls, config: config_dict.ConfigDict) -> "Layout":
+        mesh_cfg = parallel.mesh_config(config)
+        return cls(
+            mesh=parallel.make_mesh(mesh_cfg),
+            rules=parallel.parse_rules(mesh_cfg.get("rules", None)),
+        )
+
+    @property
+    def batch(self) -> jax.sharding.NamedSharding:
+        return parallel.batch_sharding(self.mesh, self.rules)
+
+    @property
+    def replicated(self) -> jax.sharding.NamedSharding:
+        return parallel.replicated(self.mesh)
+
+    def context(self):
+        return parallel.sharding_context(self.mesh, self.rules)
+
+
 def init_or_restore(
     config: config_dict.ConfigDict,
     components: Components,
     optimizer: optax.GradientTransformation,
     checkpointer: Checkpointer,
-) -> TrainState:
-    """The latest checkpoint's state, or a fresh one from `config.seed`."""
+    layout: Layout | None = None,
+) -> tuple[TrainState, Any]:
+    """(state, its shardings): the latest checkpoint's state, or a fresh one from
+    `config.seed`, placed on `layout`'s mesh (default: `config.mesh`)."""
+    layout = layout or Layout.from_config(config)
 
     def create():
         params = components.init_params(jax.random.PRNGKey(config.seed))
         return TrainState.create(params, optimizer)
 
+    abstract = jax.eval_shape(create)
+    shardings = parallel.tree_shardings(abstract, layout.mesh, layout.rules)
     if checkpointer.latest_step() is not None:
-        state = checkpointer.restore(jax.eval_shape(create))
+        # The target's shardings are this run's: orbax reshards whatever mesh wrote it.
+        target = jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
+        state = checkpointer.restore(target)
         logging.info("resumed from checkpoint step %d", int(state.step))
-        return state
-    return jax.jit(create)()
+        return state, shardings
+    return jax.jit(create, out_shardings=shardings)(), shardings
+
+
+class _NoWriter:
+    """metrics.jsonl stand-in on processes other than 0."""
+
+    def write(self, step, values) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _compile_steps(components, optimizer, layout: Layout, state_shardings):
+    """The jitted train step (state donated) and eval step, with in/out shardings."""
+    batch, replicated = layout.batch, layout.replicated
+    train_step = jax.jit(
+        make_train_step(components.loss_fn, optimizer),
+        in_shardings=(state_shardings, batch),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_eval_step(components.loss_fn),
+        in_shardings=(state_shardings.params, batch),
+        out_shardings=replicated,
+    )
+    return train_step, eval_step
 
 
 def train(
@@ -233,34 +319,51 @@ def train(
 
     optimizer = optim.make_optimizer(train_cfg)
     lr_schedules = optim.schedules(train_cfg)
+    layout = Layout.from_config(config)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=train_cfg.keep_checkpoints)
     writer = None
     try:
-        state = init_or_restore(config, components, optimizer, checkpointer)
+        state, state_shardings = init_or_restore(
+            config, components, optimizer, checkpointer, layout
+        )
         start = int(state.step)
-        writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
+        if parallel.is_primary():
+            writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
+        else:
+            writer = _NoWriter()
         _log_param_split(state.params, train_cfg)
-        logging.info("devices: %s", jax.devices())
+        logging.info(
+            "devices: %d (%s), mesh %s, processes: %d",
+            jax.device_count(),
+            jax.devices()[0].platform,
+            dict(layout.mesh.shape),
+            jax.process_count(),
+        )
         if start >= total:
             logging.info("already at step %d of %d: nothing to train", start, total)
             return {}
 
-        train_step = jax.jit(make_train_step(components.loss_fn, optimizer), donate_argnums=0)
-        eval_step = jax.jit(make_eval_step(components.loss_fn))
+        train_step, eval_step = _compile_steps(components, optimizer, layout, state_shardings)
         eval_batch = task.eval_batch(train_cfg.eval_size, config.seed)
         eval_chunk = min(train_cfg.batch_size, train_cfg.eval_size)
         progress = Progress(total, train_cfg.batch_size * task.seq_len)
         sums: dict[str, float] = {}
         count = 0
         last_eval: dict[str, float] = {}
+        rows = parallel.host_rows(layout.batch, train_cfg.batch_size)
 
         def sample(step):
-            return batch_for_step(task, config.seed, step, train_cfg.batch_size)
+            # This host's rows of the global batch of `step`, assembled across hosts.
+            local = batch_for_step(task, config.seed, step, rows.size, rows.shard, rows.num_shards)
+            return parallel.global_batch(local, layout.batch, train_cfg.batch_size)
+
+        def put_eval(chunk):
+            return parallel.replicated_batch(chunk, layout.batch)
 
         logging.info("training steps %d..%d", start + 1, total)
         t_compile = time.perf_counter()
         next_batch = sample(start)
-        with _StopFlag() as stop:
+        with _StopFlag() as stop, layout.context():
             for step in range(start, total):
                 state, metrics = train_step(state, next_batch)
                 if step + 1 < total:
@@ -295,7 +398,7 @@ def train(
 
                 paused = time.perf_counter()
                 if done % train_cfg.eval_every == 0 or done == total:
-                    last_eval = evaluate(eval_step, state.params, eval_batch, eval_chunk)
+                    last_eval = evaluate(eval_step, state.params, eval_batch, eval_chunk, put_eval)
                     writer.write(done, last_eval)
                     logging.info(
                         "eval step %d: %s",
@@ -304,10 +407,11 @@ def train(
                     )
                 if done % train_cfg.checkpoint_every == 0 or done == total:
                     checkpointer.save(done, state)
-                if stop.signum is not None:
+                # Every host stops at the same step (a signal may reach only some of them).
+                if parallel.any_process(stop.signum is not None):
                     checkpointer.save(done, state)
                     checkpointer.wait()
-                    raise Interrupted(stop.signum, done)
+                    raise Interrupted(stop.signum or signal.SIGTERM, done)
                 progress.exclude(time.perf_counter() - paused)
         return last_eval
     finally:
@@ -325,14 +429,21 @@ def evaluate_checkpoint(
     workdir = Path(workdir)
     components = components or build_components(config)
     optimizer = optim.make_optimizer(config.train)
+    layout = Layout.from_config(config)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        state = init_or_restore(config, components, optimizer, checkpointer)
+        state, shardings = init_or_restore(config, components, optimizer, checkpointer, layout)
     finally:
         checkpointer.close()
-    eval_step = jax.jit(make_eval_step(components.loss_fn))
+    _, eval_step = _compile_steps(components, optimizer, layout, shardings)
     batch = components.task.eval_batch(config.train.eval_size, config.seed)
     chunk = min(config.train.batch_size, config.train.eval_size)
-    return int(state.step), evaluate(eval_step, state.params, batch, chunk)
+
+    def put(chunk):
+        return parallel.replicated_batch(chunk, layout.batch)
+
+    with layout.context():
+        metrics = evaluate(eval_step, state.params, batch, chunk, put)
+    return int(state.step), metrics
