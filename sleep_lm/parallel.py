@@ -182,17 +182,18 @@ def mesh_shape(mesh_cfg: Mapping, num_devices: int) -> dict[str, int]:
     fixed = math.prod(s for s in sizes.values() if s != -1)
     text = " x ".join(f"{a}={s}" for a, s in sizes.items())
     free = [a for a, s in sizes.items() if s == -1]
+    devices = f"{num_devices} device{'s' if num_devices != 1 else ''}"
     if free:
         if num_devices % fixed:
             raise MeshError(
                 f"config.mesh.{free[0]}=-1 takes the devices the other axes leave, but "
-                f"{text} does not divide the {num_devices} devices"
+                f"{text} does not divide the {devices}"
             )
         sizes[free[0]] = num_devices // fixed
     elif fixed != num_devices:
         raise MeshError(
-            f"config.mesh: {text} = {fixed} devices must equal the {num_devices} devices "
-            "available (use -1 on one axis for 'all the rest')"
+            f"config.mesh: {text} = {fixed} devices must equal the {devices} available "
+            "(use -1 on one axis for 'all the rest')"
         )
     return sizes
 
