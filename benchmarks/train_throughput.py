@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import platform
 import statistics
@@ -50,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_lm import sleep
+from sleep_lm.config import load_config
 from sleep_lm.model import build_model
 from sleep_lm.tasks import get_task
 from sleep_lm.train import loop, optim
@@ -59,11 +59,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def rule110_config():
-    """experiments/rule110.py's get_config() (the paper's setting), loaded by path."""
-    spec = importlib.util.spec_from_file_location("rule110_config", ROOT / "experiments/rule110.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """experiments/rule110.py's get_config() (the paper's setting)."""
+    return load_config(ROOT / "experiments/rule110.py")
 
 
 @dataclasses.dataclass

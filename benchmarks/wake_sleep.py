@@ -27,7 +27,6 @@ to milliseconds (medians); ``wake_ratio`` is the wake time at the largest N over
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import platform
 import statistics
@@ -41,17 +40,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from sleep_lm import inference, sleep
+from sleep_lm.config import load_config
 from sleep_lm.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def rule110_config():
-    """experiments/rule110.py's get_config() (the paper's setting), loaded by path."""
-    spec = importlib.util.spec_from_file_location("rule110_config", ROOT / "experiments/rule110.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    """experiments/rule110.py's get_config() (the paper's setting)."""
+    return load_config(ROOT / "experiments/rule110.py")
 
 
 def rule110_model(dtype: str, window: int):

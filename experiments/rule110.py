@@ -16,41 +16,18 @@ The paper's setting (no argument; width 256, batch 512, t = 32, N = 1; needs an 
   python -m sleep_lm.main --config=experiments/rule110.py --workdir=/tmp/rule110_paper \
       --config.sleep.passes=2
 
-The argument is a comma-separated list of presets and overrides, parsed by `parse_arg`:
-`smoke`, `steps=T` (task.steps), `passes=N` (sleep.passes), e.g.
+The argument is a comma-separated list of presets and overrides, parsed by
+`sleep_lm.config.parse_arg`: `smoke`, `steps=T` (task.steps), `passes=N` (sleep.passes), e.g.
 `--config=experiments/rule110.py:smoke,steps=1,passes=2`. Any field can also be set with
 `--config.<field>=value`.
 """
 
 from ml_collections import config_dict
 
+from sleep_lm.config import default_mesh_config, parse_arg
+
 # Presets and overrides accepted in the argument, with their default values.
 _ARG_DEFAULTS = {"smoke": False, "steps": -1, "passes": -1}
-
-
-def parse_arg(arg: str | None, **defaults) -> config_dict.ConfigDict:
-    """Parses 'smoke,steps=1' into a ConfigDict; bare names set booleans to True.
-
-    Values take the type of their default; unknown names raise ValueError.
-    """
-    out = dict(defaults)
-    for item in (arg or "").split(","):
-        item = item.strip()
-        if not item:
-            continue
-        name, sep, value = item.partition("=")
-        if name not in defaults:
-            raise ValueError(f"unknown config argument {name!r}; allowed: {sorted(defaults)}")
-        default = defaults[name]
-        if not sep:
-            if not isinstance(default, bool):
-                raise ValueError(f"config argument {name!r} needs a value ({name}=...)")
-            out[name] = True
-        elif isinstance(default, bool):
-            out[name] = value.lower() in ("1", "true", "yes")
-        else:
-            out[name] = type(default)(value)
-    return config_dict.ConfigDict(out)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -63,6 +40,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # t: automaton steps between the states and their labels. The paper's sleep comparison
     # (Fig. 2b) uses t = 32; Fig. 2a sweeps t in {4, ..., 16} at N = 1.
     config.task.steps = 32
+    # Extra depths to evaluate at (metrics eval/accuracy@t=T), e.g. (8, 16); () = none.
+    config.task.eval_steps = ()
 
     config.model = config_dict.ConfigDict()
     config.model.width = 256
@@ -107,6 +86,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.eval_size = 2048
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
+
+    # Devices (launch/README.md): data=-1 = data parallel over all devices; fsdp, tensor.
+    config.mesh = default_mesh_config()
 
     if arg.smoke:
         # CPU-minutes preset: small model and batch, few steps. Learning rates are higher than

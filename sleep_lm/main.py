@@ -4,9 +4,13 @@ r"""Command line entry point: train or evaluate one config in one workdir.
       --config.task.steps=0 --config.sleep.passes=2
 
 --mode=train (default) trains to config.train.steps, resuming from WORKDIR/checkpoints when
-there is a checkpoint; --mode=eval evaluates the latest checkpoint on the held-out set and
-writes WORKDIR/eval.json. The config is validated before anything is compiled: an invalid
-field prints one line `error: config.<field> ...` and exits with status 2.
+there is a checkpoint; --mode=eval evaluates the latest checkpoint on the held-out set(s)
+through the streaming inference path (sleep_lm.inference: windows fed and slept on,
+prediction windows decoded token by token) and writes WORKDIR/eval.json. Eval metrics are
+broken down by difficulty where the task defines it (`eval/accuracy@t=16` for Rule 110's
+`task.eval_steps`, `eval/accuracy@k=8` for Depo's `task.eval_hops`). The config is
+validated before anything is compiled: an invalid field prints one line
+`error: config.<field> ...` and exits with status 2.
 
 Devices: `config.mesh` (data, fsdp, tensor; see sleep_lm/parallel.py) lays the run out on
 all devices; the mesh is checked against the device count before compiling. Multi-host:

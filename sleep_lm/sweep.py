@@ -33,7 +33,6 @@ checkpoint first, and the remaining points do not start).
 
 import copy
 import dataclasses
-import importlib.util
 import inspect
 import json
 import re
@@ -62,11 +61,12 @@ class Point:
 def load_sweep(config_arg: str) -> list[dict]:
     """`get_sweep(arg)` of the module in `config_arg` ('path' or 'path:arg')."""
     path, _, arg = config_arg.partition(":")
-    spec = importlib.util.spec_from_file_location("_sleep_lm_sweep_config", path)
-    if spec is None:
-        raise SweepError(f"cannot load config file {path!r}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from sleep_lm import config as config_lib
+
+    try:
+        module = config_lib.load_config_module(path)
+    except FileNotFoundError as e:
+        raise SweepError(f"cannot load config file {path!r}") from e
     get_sweep = getattr(module, "get_sweep", None)
     if get_sweep is None:
         raise SweepError(f"{path} defines no get_sweep(); see `python -m sleep_lm.sweep --help`")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from rule110_mesh import get_config
+from rule110_config import get_config
 
 from sleep_lm import parallel
 from sleep_lm.config import default_mesh_config

@@ -1,7 +1,6 @@
 """The command line: config validation (one line, exit 2, nothing compiled) and a tiny end-to-end
 run with the real task, model and sleep code, including resume."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,10 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def experiment_config(arg=None):
-    spec = importlib.util.spec_from_file_location("_exp_rule110", REPO / "experiments/rule110.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return config_lib.load_config(f"{REPO / 'experiments/rule110.py'}:{arg or ''}")
 
 
 def run_main(*args, timeout=300):
@@ -37,6 +33,10 @@ def run_main(*args, timeout=300):
 def test_configs_are_valid():
     for arg in (None, "smoke", "smoke,steps=2,passes=3"):
         config_lib.validate(experiment_config(arg))
+    for arg in ("", ":smoke", ":smoke,passes=2"):
+        config = config_lib.load_config(f"{REPO / 'experiments/depo.py'}{arg}")
+        config_lib.validate(config, num_devices=1)
+        assert config.task.name == "depo"
 
 
 def test_config_arguments():

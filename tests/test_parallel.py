@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jax
 import pytest
-from rule110_mesh import get_config
+from rule110_config import get_config
 
 from sleep_lm import config as config_lib
 from sleep_lm import parallel
@@ -224,7 +224,7 @@ def test_eight_device_checks():
 # ------------------------------------------------------------------------ CLI runs
 
 TINY = [
-    "--config=tests/rule110_mesh.py:smoke,steps=0,passes=2",
+    "--config=experiments/rule110.py:smoke,steps=0,passes=2",
     "--config.model.width=16",
     "--config.model.heads=2",
     "--config.model.mlp_ratio=2",

@@ -27,7 +27,7 @@ _DEPO_FIELDS = (
     "num_names",
     "eval_hops",
 )
-_RULE110_FIELDS = ("state_bits", "num_states")
+_RULE110_FIELDS = ("state_bits", "num_states", "eval_steps")
 
 _MISSING = object()
 

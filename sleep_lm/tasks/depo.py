@@ -196,6 +196,16 @@ class Depo:
         """
         return self.sample(_common.eval_rng(seed), size, hops=hops)
 
+    def eval_sets(self, size: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+        """Held-out sets by difficulty: "" (the training hop mix) and "@k=K" per ``eval_hops``.
+
+        The suffix is appended to the metric names (``eval/accuracy@k=8``).
+        """
+        sets = {"": self.eval_batch(size, seed)}
+        for k in self.eval_hops:
+            sets[f"@k={k}"] = self.eval_batch(size, seed, hops=k)
+        return sets
+
     def token_str(self, token: int) -> str:
         """Text of one token (PAD is empty, the query token a line break)."""
         token = int(token)

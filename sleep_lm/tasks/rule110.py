@@ -61,13 +61,16 @@ class Rule110:
       steps: rollout depth t >= 0 (t = 0 is pure recall of each state's first cell).
       state_bits: cells per state (24 in the paper).
       num_states: states (and labels) per example (4 in the paper).
+      eval_steps: extra rollout depths to evaluate at (``eval_sets``), e.g. (8, 16): the
+        model trained at ``steps`` is also scored on held-out sets of these depths.
     """
 
     name = "rule110"
     vocab_size = 3
 
-    def __init__(self, steps: int, state_bits: int = 24, num_states: int = 4):
+    def __init__(self, steps: int, state_bits: int = 24, num_states: int = 4, eval_steps=()):
         self.steps = _common.check_int("steps", steps, 0)
+        self.eval_steps = tuple(_common.check_int("eval_steps", t, 0) for t in eval_steps)
         self.state_bits = _common.check_int("state_bits", state_bits, 1)
         self.num_states = _common.check_int("num_states", num_states, 1)
         self.context_len = self.num_states * self.state_bits
@@ -109,6 +112,17 @@ class Rule110:
     def eval_batch(self, size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Fixed held-out set of ``size`` examples from a seed stream disjoint from training."""
         return self.sample(_common.eval_rng(seed), size)
+
+    def eval_sets(self, size: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+        """Held-out sets by difficulty: "" (t = ``steps``) and "@t=T" for each ``eval_steps``.
+
+        The suffix is appended to the metric names (``eval/accuracy@t=16``).
+        """
+        sets = {"": self.eval_batch(size, seed)}
+        for t in self.eval_steps:
+            other = Rule110(t, self.state_bits, self.num_states)
+            sets[f"@t={t}"] = other.eval_batch(size, seed)
+        return sets
 
     def render(self, tokens) -> str:
         """Readable form of one sequence, e.g. ``010...1 110...0 ... ? 0110``.

@@ -7,7 +7,13 @@ can hand in their own:
   (inputs, targets int32 [batch, time], loss_mask bool [batch, time]) and `task.seq_len`;
 - `init_params(rng) -> params`;
 - `loss_fn(params, batch) -> (loss, metrics)`, metrics holding scalar "token_accuracy" and
-  "accuracy" (the Algorithm 1 loss over whole sequences, `sleep.sequence_loss`).
+  "accuracy" (the Algorithm 1 loss over whole sequences, `sleep.sequence_loss`);
+- optionally `eval_fn`, the same signature, used by `evaluate_checkpoint` (`--mode=eval`):
+  the streaming inference path `inference.streaming_loss` (defaults to `loss_fn`).
+
+Evaluation by difficulty: a task with `eval_sets(size, seed)` (Rule 110 per t, Depo per k)
+returns held-out sets keyed by a suffix ("" for the task's own set, "@t=16", "@k=8", ...);
+each set's metrics are logged with that suffix (`eval/accuracy@k=8`).
 
 Determinism: the batch of step s is `task.sample(np.random.default_rng([seed, 2, s]), batch)`,
 and parameters are initialised from `seed`, so a restarted run sees the same data in the
@@ -73,12 +79,13 @@ class Components:
     task: Any
     init_params: Callable[[jax.Array], Any]
     loss_fn: LossFn
+    eval_fn: LossFn | None = None  # held-out evaluation of a checkpoint; None: loss_fn
 
 
 def build_components(config: config_dict.ConfigDict) -> Components:
     """Task, model and sleep spec from the config (imports them here: they are optional for
     tests that bring their own components)."""
-    from sleep_lm import sleep
+    from sleep_lm import inference, sleep
     from sleep_lm.model import build_model
     from sleep_lm.tasks import get_task
 
@@ -95,7 +102,12 @@ def build_components(config: config_dict.ConfigDict) -> Components:
     def loss_fn(params, batch):
         return sleep.sequence_loss(model, params, batch, spec)
 
-    return Components(task=task, init_params=model.init_params, loss_fn=loss_fn)
+    def eval_fn(params, batch):
+        # The same metrics through the streaming wake/sleep path (feed, decode_step, sleep):
+        # what a deployed model computes, equal to loss_fn's up to float rounding.
+        return inference.streaming_loss(model, params, batch, spec)
+
+    return Components(task=task, init_params=model.init_params, loss_fn=loss_fn, eval_fn=eval_fn)
 
 
 # Training batches come from the seed stream [seed, TRAIN_STREAM, step]. The tasks draw their
@@ -155,6 +167,23 @@ def make_eval_step(loss_fn: LossFn):
         }
 
     return eval_step
+
+
+def eval_sets(task, size: int, seed: int) -> dict[str, dict]:
+    """Held-out sets keyed by metric suffix: the task's `eval_sets` if it has one, else
+    {"": task.eval_batch(size, seed)}."""
+    if hasattr(task, "eval_sets"):
+        return task.eval_sets(size, seed)
+    return {"": task.eval_batch(size, seed)}
+
+
+def evaluate_sets(eval_step, params, sets: dict, chunk_size: int, put=None) -> dict[str, float]:
+    """`evaluate` on each set of `eval_sets`, metric names suffixed with the set's key."""
+    metrics = {}
+    for suffix, batch in sets.items():
+        for key, value in evaluate(eval_step, params, batch, chunk_size, put).items():
+            metrics[key + suffix] = value
+    return metrics
 
 
 def evaluate(eval_step, params, batch: dict, chunk_size: int, put=None) -> dict[str, float]:
@@ -286,8 +315,9 @@ class _NoWriter:
         pass
 
 
-def _compile_steps(components, optimizer, layout: Layout, state_shardings):
-    """The jitted train step (state donated) and eval step, with in/out shardings."""
+def _compile_steps(components, optimizer, layout: Layout, state_shardings, eval_fn=None):
+    """The jitted train step (state donated) and eval step (of `eval_fn`, default the
+    training loss), with in/out shardings."""
     batch, replicated = layout.batch, layout.replicated
     train_step = jax.jit(
         make_train_step(components.loss_fn, optimizer),
@@ -296,7 +326,7 @@ def _compile_steps(components, optimizer, layout: Layout, state_shardings):
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(components.loss_fn),
+        make_eval_step(eval_fn or components.loss_fn),
         in_shardings=(state_shardings.params, batch),
         out_shardings=replicated,
     )
@@ -344,7 +374,7 @@ def train(
             return {}
 
         train_step, eval_step = _compile_steps(components, optimizer, layout, state_shardings)
-        eval_batch = task.eval_batch(train_cfg.eval_size, config.seed)
+        held_out = eval_sets(task, train_cfg.eval_size, config.seed)
         eval_chunk = min(train_cfg.batch_size, train_cfg.eval_size)
         progress = Progress(total, train_cfg.batch_size * task.seq_len)
         sums: dict[str, float] = {}
@@ -398,7 +428,9 @@ def train(
 
                 paused = time.perf_counter()
                 if done % train_cfg.eval_every == 0 or done == total:
-                    last_eval = evaluate(eval_step, state.params, eval_batch, eval_chunk, put_eval)
+                    last_eval = evaluate_sets(
+                        eval_step, state.params, held_out, eval_chunk, put_eval
+                    )
                     writer.write(done, last_eval)
                     logging.info(
                         "eval step %d: %s",
@@ -437,13 +469,15 @@ def evaluate_checkpoint(
         state, shardings = init_or_restore(config, components, optimizer, checkpointer, layout)
     finally:
         checkpointer.close()
-    _, eval_step = _compile_steps(components, optimizer, layout, shardings)
-    batch = components.task.eval_batch(config.train.eval_size, config.seed)
+    _, eval_step = _compile_steps(
+        components, optimizer, layout, shardings, eval_fn=components.eval_fn
+    )
+    held_out = eval_sets(components.task, config.train.eval_size, config.seed)
     chunk = min(config.train.batch_size, config.train.eval_size)
 
     def put(chunk):
         return parallel.replicated_batch(chunk, layout.batch)
 
     with layout.context():
-        metrics = evaluate(eval_step, state.params, batch, chunk, put)
+        metrics = evaluate_sets(eval_step, state.params, held_out, chunk, put)
     return int(state.step), metrics

@@ -172,3 +172,14 @@ def test_get_task_depo_fields():
         get_task(ml_collections.ConfigDict({"name": "depo", "hops": (0, 2)}))
     with pytest.raises(ValueError, match=r"task\.num_names must be an integer >= max_nodes"):
         get_task({"name": "depo", "max_nodes": 75, "num_names": 50})
+
+
+def test_eval_sets_by_hop_count():
+    task = Depo(max_hops=4, eval_hops=(1, 4))
+    sets = task.eval_sets(6, seed=2)
+    assert list(sets) == ["", "@k=1", "@k=4"]
+    for k in (1, 4):
+        assert np.all(sets[f"@k={k}"]["hops"] == k)
+        np.testing.assert_array_equal(
+            sets[f"@k={k}"]["inputs"], task.eval_batch(6, 2, hops=k)["inputs"]
+        )

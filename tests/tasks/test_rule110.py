@@ -139,3 +139,16 @@ def test_get_task_and_validation():
         get_task({"name": "rule110"})
     with pytest.raises(ValueError, match="steps"):
         Rule110(steps=1.5)
+
+
+def test_eval_sets_by_rollout_depth():
+    task = Rule110(steps=1, eval_steps=(0, 4))
+    sets = task.eval_sets(8, seed=5)
+    assert list(sets) == ["", "@t=0", "@t=4"]
+    np.testing.assert_array_equal(sets[""]["inputs"], task.eval_batch(8, 5)["inputs"])
+    for t in (0, 4):
+        want = Rule110(steps=t).eval_batch(8, 5)
+        for key in ("inputs", "targets", "loss_mask"):
+            np.testing.assert_array_equal(sets[f"@t={t}"][key], want[key])
+    # Same states, different depth: the labels differ somewhere between t = 0 and t = 4.
+    assert not np.array_equal(sets["@t=0"]["targets"], sets["@t=4"]["targets"])

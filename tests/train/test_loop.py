@@ -171,3 +171,23 @@ def test_evaluate_in_chunks_equals_whole_set_mean():
     whole = loop.evaluate(eval_step, None, batch, chunk_size=11)
     chunked = loop.evaluate(eval_step, None, batch, chunk_size=4)  # 4 + 4 + 3
     assert chunked["m"] == pytest.approx(whole["m"]) == pytest.approx(385 / 11)
+
+
+def test_eval_sets_metrics_carry_the_set_suffix():
+    """Evaluation by difficulty: each held-out set's metrics get its key as a suffix."""
+    sets = {
+        "": {"inputs": np.array([[1.0], [3.0]])},
+        "@k=8": {"inputs": np.array([[10.0], [20.0], [30.0]])},
+    }
+
+    def eval_step(params, chunk):
+        return {"eval/loss": np.mean(chunk["inputs"])}
+
+    metrics = loop.evaluate_sets(eval_step, None, sets, chunk_size=2)
+    assert metrics == {"eval/loss": pytest.approx(2.0), "eval/loss@k=8": pytest.approx(20.0)}
+
+
+def test_eval_sets_default_to_the_task_eval_batch():
+    sets = loop.eval_sets(FakeTask(), size=5, seed=3)
+    assert list(sets) == [""]
+    chex.assert_trees_all_equal(sets[""], FakeTask().eval_batch(5, 3))

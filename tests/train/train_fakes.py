@@ -6,7 +6,6 @@ embedding plus its causal running mean + one hidden matrix + output head, with p
 like the real model's (embed, a 2-D matrix, head, norm scale, bias).
 """
 
-import importlib.util
 import os
 import signal
 from pathlib import Path
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_dict
 
+from sleep_lm.config import load_config
 from sleep_lm.train.loop import Components
 
 VOCAB, SEQ_LEN, WIDTH = 4, 8, 16
@@ -24,11 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def experiment_config(arg: str | None = None, name: str = "rule110") -> config_dict.ConfigDict:
     """get_config(arg) of experiments/<name>.py, loaded by path as config_flags does."""
-    path = REPO / "experiments" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_exp_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return load_config(f"{REPO / 'experiments' / name}.py:{arg or ''}")
 
 
 class FakeTask:

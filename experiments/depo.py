@@ -1,0 +1,118 @@
+r"""Depo multi-hop retrieval with sleep consolidation (paper sec. 5.2, Fig. 3).
+
+Each sequence is a shuffled directed cycle of at most 75 nodes written as edges
+("b->a, f->l, ..."), left-padded to 300 tokens, then 10 queries "k hops after x: y". With
+window L = 75 the edges fill four windows, which are evicted before the queries arrive: the
+cycle must be carried in the fast weights, and following k hops needs computation that sleep
+passes (N = `sleep.passes`) can do offline. Training draws k ~ U[1, 16]; evaluation is
+reported per k in `task.eval_hops` (`eval/accuracy@k=8`, `eval/loss@k=8`, ...).
+
+CPU smoke run (hops 1..4, a few minutes on 2 cores; a look at the pipeline, not a result):
+
+  python -m sleep_lm.main --config=experiments/depo.py:smoke --workdir=/tmp/depo \
+      --config.sleep.passes=2
+
+The paper's setting (no argument; 10 layers, width 512, batch 128; needs an accelerator):
+
+  python -m sleep_lm.main --config=experiments/depo.py --workdir=/tmp/depo_paper \
+      --config.sleep.passes=4
+
+Sweep N in {1, 2, 4} (`get_sweep`), then the report:
+
+  python -m sleep_lm.sweep --config=experiments/depo.py --workdir=/tmp/depo_sweep
+  python -m sleep_lm.report /tmp/depo_sweep --out /tmp/depo_sweep/report
+
+The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `smoke`,
+`passes=N` (sleep.passes), e.g. `--config=experiments/depo.py:smoke,passes=2`.
+"""
+
+from ml_collections import config_dict
+
+from sleep_lm.config import default_mesh_config, parse_arg
+
+_ARG_DEFAULTS = {"smoke": False, "passes": -1}
+
+
+def get_config(arg: str | None = None) -> config_dict.ConfigDict:
+    arg = parse_arg(arg, **_ARG_DEFAULTS)
+    config = config_dict.ConfigDict()
+    config.seed = 0
+
+    config.task = config_dict.ConfigDict()
+    config.task.name = "depo"
+    config.task.max_nodes = 75  # cycle length n ~ U[min_nodes, max_nodes]
+    config.task.min_nodes = 3
+    config.task.num_queries = 10
+    config.task.max_hops = 16  # training k ~ U[1, max_hops]
+    config.task.eval_hops = (1, 2, 4, 8, 16)  # eval/accuracy@k=K for each
+
+    config.model = config_dict.ConfigDict()
+    config.model.width = 512
+    config.model.heads = 8
+    config.model.layers = ",".join(["attn,gdn"] * 5)  # 10 layers, attention first (eq. 5)
+    config.model.mlp_ratio = 4
+    config.model.rule = "delta"
+    config.model.conv_size = 4
+    config.model.positions = "learned"  # global positions: GDN keys carry none
+    config.model.gdn_impl = "chunked"
+    config.model.chunk_size = 64
+    config.model.dtype = "float32"
+
+    config.sleep = config_dict.ConfigDict()
+    config.sleep.passes = 1
+    config.sleep.window = 75  # four windows of edges, one of queries
+    config.sleep.eviction = "hard"
+    config.sleep.remat = "pass"  # 10 layers x N passes x 5 windows: keep memory flat in N
+    config.sleep.loop_blocks = "all"
+
+    config.train = config_dict.ConfigDict()
+    config.train.steps = 50_000
+    config.train.batch_size = 128
+    config.train.optimizer = "muon"
+    config.train.lr = 2e-3  # Muon (paper: tuned at N = 1, reused for all N)
+    config.train.adam_lr = 5e-5  # AdamW group (paper: fixed)
+    config.train.adam_patterns = (
+        "embed,lm_head,norm,bias,conv,gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/"
+    )
+    config.train.schedule = "cosine"
+    config.train.warmup_steps = 1000
+    config.train.min_lr_ratio = 0.1
+    config.train.grad_clip = 1.0
+    config.train.weight_decay = 0.0
+    config.train.log_every = 100
+    config.train.eval_every = 1000
+    config.train.eval_size = 512
+    config.train.checkpoint_every = 1000
+    config.train.keep_checkpoints = 3
+
+    config.mesh = default_mesh_config()
+
+    if arg.smoke:
+        # CPU-minutes preset: short hops, small model and batch. It exercises the whole
+        # pipeline (per-k eval included); learning Depo takes far longer than a smoke run.
+        config.task.max_hops = 4
+        config.task.eval_hops = (1, 2, 4)
+        config.model.width = 64
+        config.model.heads = 4
+        config.model.layers = "attn,gdn,attn,gdn"
+        config.model.chunk_size = 32
+        config.sleep.remat = "none"
+        config.train.steps = 100
+        config.train.batch_size = 16
+        config.train.lr = 2e-2
+        config.train.adam_lr = 3e-3
+        config.train.warmup_steps = 10
+        config.train.log_every = 10
+        config.train.eval_every = 50
+        config.train.eval_size = 64
+        config.train.checkpoint_every = 50
+
+    if arg.passes >= 0:
+        config.sleep.passes = arg.passes
+    return config
+
+
+def get_sweep(arg: str | None = None) -> list[dict]:
+    """Sleep passes N in {1, 2, 4} (the paper's Fig. 3 comparison)."""
+    del arg  # one grid for every preset; the presets set model size and budget
+    return [{"sleep.passes": n} for n in (1, 2, 4)]
