@@ -250,16 +250,9 @@ def logical_spec(logical: Sequence[str | None], rules, shape=None, sizes=None) -
     return P(*spec)
 
 
-def _path_name(path) -> str:
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts).lower()
+def path_name(path) -> str:
+    """'/'-joined lower-case name of a pytree key path, e.g. 'params/block_0/mlp/kernel'."""
+    return jax.tree_util.keystr(path, simple=True, separator="/").lower()
 
 
 def param_logical_axes(name: str, ndim: int) -> tuple[str | None, ...] | None:
@@ -279,7 +272,7 @@ def tree_shardings(tree, mesh: Mesh, rules, *, warn_unmatched: bool = True):
     unmatched = []
 
     def leaf(path, x):
-        name = _path_name(path)
+        name = path_name(path)
         axes = param_logical_axes(name, x.ndim) if x.ndim else ()
         if axes is None:
             unmatched.append(name)

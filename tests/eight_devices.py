@@ -145,7 +145,7 @@ def test_param_and_optimizer_state_layout():
     assert normalise(params["final_norm"]["scale"].spec) == ()
     # The optimiser's moments follow their parameters.
     specs = {
-        parallel._path_name(path): normalise(s.spec)
+        parallel.path_name(path): normalise(s.spec)
         for path, s in jax.tree_util.tree_leaves_with_path(shardings.opt_state)
     }
     moments = [v for k, v in specs.items() if k.endswith("block_0/mixer/q_proj/kernel")]

@@ -74,7 +74,7 @@ def test_every_parameter_of_the_model_has_logical_axes():
             )
             params = jax.eval_shape(model.init_params, jax.random.PRNGKey(0))
             for path, x in jax.tree_util.tree_leaves_with_path(params):
-                name = parallel._path_name(path)
+                name = parallel.path_name(path)
                 axes = parallel.param_logical_axes(name, x.ndim)
                 assert axes is not None, name
                 assert all(a is None or a in parallel.LOGICAL_AXES for a in axes), name

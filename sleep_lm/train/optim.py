@@ -24,23 +24,12 @@ import jax
 import optax
 from ml_collections import config_dict
 
+from sleep_lm import parallel
+
 MUON = "muon"
 ADAM = "adam"
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("muon", "adamw")
-
-
-def path_name(path) -> str:
-    """'/'-joined lower-case name of a pytree key path, e.g. 'params/block_0/mlp/kernel'."""
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts).lower()
 
 
 def split_patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
@@ -54,7 +43,7 @@ def param_labels(params, adam_patterns: str | Sequence[str]):
     regexes = [re.compile(p) for p in split_patterns(adam_patterns)]
 
     def label(path, x):
-        name = path_name(path)
+        name = parallel.path_name(path)
         if x.ndim != 2 or any(r.search(name) for r in regexes):
             return ADAM
         return MUON

@@ -7,6 +7,7 @@ import optax
 import pytest
 from train_fakes import experiment_config, fake_init
 
+from sleep_lm import parallel
 from sleep_lm.train import optim
 
 
@@ -25,7 +26,7 @@ def model_params():
 def _labels_by_name(params, patterns):
     labels = optim.param_labels(params, patterns)
     leaves = jax.tree_util.tree_leaves_with_path(labels)
-    return {optim.path_name(path): label for path, label in leaves}
+    return {parallel.path_name(path): label for path, label in leaves}
 
 
 def test_muon_gets_exactly_the_mixing_and_mlp_matrices(model_params):
