@@ -54,6 +54,7 @@ from datetime import UTC, datetime
 
 import jax
 import jax.numpy as jnp
+import machine
 
 from sleep_lm import ops
 
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
         device_kind=device.device_kind,
         device_count=jax.device_count(),
         host=platform.node(),
-        cpus=_cpu_count(),
+        cpus=machine.cpu_count(),
         dtype=dtype_name,
         repeats=repeats,
         quick=args.quick,
@@ -312,15 +313,6 @@ def _jaxlib_version():
         import jaxlib
 
         return jaxlib.__version__
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _cpu_count():
-    try:
-        import os
-
-        return len(os.sched_getaffinity(0))
     except Exception:  # noqa: BLE001
         return None
 

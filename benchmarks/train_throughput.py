@@ -46,6 +46,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import machine
 import numpy as np
 
 from sleep_lm import sleep
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.warmup = min(args.warmup, 1)
     if args.max_gib is None and not accel:
-        args.max_gib = 0.6 * _host_gib()
+        args.max_gib = 0.6 * machine.host_gib()
     for remat in remats:
         if remat not in sleep.REMATS:
             parser.error(f"--remats: allowed {sleep.REMATS}, got {remat!r}")
@@ -267,8 +268,8 @@ def main(argv=None) -> int:
         backend=backend,
         device_kind=device.device_kind,
         host=platform.node(),
-        cpus=_cpu_count(),
-        load_average=_load(),
+        cpus=machine.cpu_count(),
+        load_average=machine.load_average(),
         dtype=dtype,
         warmup=args.warmup,
         repeats=args.repeats,
@@ -323,33 +324,6 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
-
-
-def _host_gib() -> float:
-    try:
-        import os
-
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except Exception:  # noqa: BLE001
-        return 16.0
-
-
-def _cpu_count():
-    try:
-        import os
-
-        return len(os.sched_getaffinity(0))
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _load():
-    try:
-        import os
-
-        return round(os.getloadavg()[0], 2)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 if __name__ == "__main__":

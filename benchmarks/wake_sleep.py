@@ -37,6 +37,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import machine
 import numpy as np
 
 from sleep_lm import inference, sleep
@@ -152,8 +153,8 @@ def main(argv=None) -> int:
         backend=backend,
         device_kind=device.device_kind,
         host=platform.node(),
-        cpus=_cpu_count(),
-        load_average=_load(),
+        cpus=machine.cpu_count(),
+        load_average=machine.load_average(),
         dtype=dtype,
         batch=args.batch,
         window=args.window,
@@ -232,24 +233,6 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
         print(f"wrote {args.out}")
     return 0
-
-
-def _cpu_count():
-    try:
-        import os
-
-        return len(os.sched_getaffinity(0))
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _load():
-    try:
-        import os
-
-        return round(os.getloadavg()[0], 2)
-    except Exception:  # noqa: BLE001
-        return None
 
 
 if __name__ == "__main__":
