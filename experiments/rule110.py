@@ -6,7 +6,7 @@ label i is the first bit of state i after `task.steps` (t) Rule 110 steps. The m
 carry every state across the window boundary in its fast weights; `sleep.passes` (N) is the
 number of offline passes each window gets before eviction.
 
-CPU smoke run (200 steps, ~4 minutes on 2 cores; eval/token_accuracy 1.0 from step 100):
+CPU smoke run (200 steps, ~2 minutes on 2 cores; eval/token_accuracy 1.0 from step 50):
 
   python -m sleep_lm.main --config=experiments/rule110.py:smoke --workdir=/tmp/rule110 \
       --config.task.steps=0 --config.sleep.passes=2
@@ -99,10 +99,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.model.heads = 4
         config.model.chunk_size = 32
         # On CPU, recomputing each pass in the backward is faster than storing it
-        # (benchmarks/RESULTS.md: 1.10 vs 1.46 s/step at N = 1, 2.37 vs 3.99 s at N = 2).
+        # (benchmarks/RESULTS.md, width 256 batch 64: 1.10 vs 1.46 s/step at N = 1, 2.37 vs
+        # 3.99 s at N = 2). Same math as remat="none".
         config.sleep.remat = "pass"
-        # Measured at N = 2 on 2 shared CPU cores (~1 s/step), eval/token_accuracy at steps
-        # 50/100/200: t = 0: 0.996/1.0/1.0; t = 1: 0.942/1.0/1.0; t = 2: 0.684/0.832/0.968.
+        # Measured on 2 CPU cores (~0.5 s/step, ~100 s a run), eval/token_accuracy at steps
+        # 50/100/150/200, one seed: N = 2: t = 0: 1.0/1.0/1.0/1.0; t = 1: 0.934/1.0/1.0/1.0;
+        # t = 2: 0.603/0.742/0.875/0.913 (exact 0.680). N = 1, t = 2: 0.712/0.795/0.803/0.814
+        # (exact 0.400).
         config.train.steps = 200
         config.train.batch_size = 64
         config.train.lr = 2e-2
