@@ -1,6 +1,9 @@
-"""Machine facts recorded next to every benchmark result (shared by the scripts here)."""
+"""Machine facts and memory readings recorded next to every benchmark result (shared by the
+scripts here)."""
 
 import os
+
+import jax
 
 
 def cpu_count() -> int | None:
@@ -25,3 +28,23 @@ def host_gib() -> float:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (AttributeError, ValueError, OSError):
         return 16.0
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Arguments + outputs - aliased (donated) + temporaries, from XLA's buffer assignment."""
+    try:
+        m = compiled.memory_analysis()
+        return int(
+            m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+            + m.temp_size_in_bytes
+        )
+    except Exception:  # noqa: BLE001 -- not every backend reports it
+        return None
+
+
+def device_peak() -> int | None:
+    """The device allocator's high-water mark (process-wide; None where not reported)."""
+    stats = jax.local_devices()[0].memory_stats()
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None

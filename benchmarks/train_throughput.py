@@ -128,24 +128,6 @@ def large_setting(args, dtype: str) -> Setting:
     )
 
 
-def compiled_bytes(compiled) -> int | None:
-    try:
-        m = compiled.memory_analysis()
-        return int(
-            m.argument_size_in_bytes
-            + m.output_size_in_bytes
-            - m.alias_size_in_bytes
-            + m.temp_size_in_bytes
-        )
-    except Exception:  # noqa: BLE001 -- not every backend reports it
-        return None
-
-
-def device_peak() -> int | None:
-    stats = jax.local_devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
-
-
 def _is_oom(err: BaseException) -> bool:
     text = str(err).lower()
     return "resource_exhausted" in text or "out of memory" in text
@@ -181,7 +163,7 @@ def bench(setting: Setting, passes: int, remat: str, args, params) -> dict:
             raise
         return dict(row, error="OOM at compile")
     row["compile_s"] = time.perf_counter() - t0
-    row["compiled_bytes"] = compiled_bytes(compiled)
+    row["compiled_bytes"] = machine.compiled_bytes(compiled)
     limit = args.max_gib * 2**30 if args.max_gib else None
     if limit and row["compiled_bytes"] and row["compiled_bytes"] > limit:
         return dict(row, error=f"skipped: needs {row['compiled_bytes'] / 2**30:.1f} GiB")
@@ -205,7 +187,7 @@ def bench(setting: Setting, passes: int, remat: str, args, params) -> dict:
         tokens_per_s=setting.batch_size * setting.seq_len / step_s,
         loss=float(metrics["loss"]),
         finite=bool(metrics["finite"]),
-        device_peak_bytes=device_peak(),
+        device_peak_bytes=machine.device_peak(),
     )
     return row
 

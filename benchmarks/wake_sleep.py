@@ -58,25 +58,6 @@ def rule110_model(dtype: str, window: int):
     return build_model(config.model, vocab_size=3, max_len=100, window=window)
 
 
-def compiled_bytes(compiled) -> int | None:
-    """Arguments + outputs - aliased (donated) + temporaries, from XLA's buffer assignment."""
-    try:
-        m = compiled.memory_analysis()
-        return int(
-            m.argument_size_in_bytes
-            + m.output_size_in_bytes
-            - m.alias_size_in_bytes
-            + m.temp_size_in_bytes
-        )
-    except Exception:  # noqa: BLE001 -- not every backend reports it
-        return None
-
-
-def device_peak() -> int | None:
-    stats = jax.local_devices()[0].memory_stats()
-    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
-
-
 class Bench:
     """Jitted decode and full-window sleep for one N, with their state."""
 
@@ -96,7 +77,7 @@ class Bench:
         self.state = inference.init_state(model, spec, batch)
         token = jnp.asarray(self.tokens[0])
         self.decode_c = self.decode.lower(params, self.state, token).compile()
-        self.memory = {"decode_bytes": compiled_bytes(self.decode_c)}
+        self.memory = {"decode_bytes": machine.compiled_bytes(self.decode_c)}
         self.wake_ms: list[float] = []
         self.sleep_ms: list[float] = []
         self.step = 0
@@ -104,7 +85,7 @@ class Bench:
         self.run_window(record=False)  # compiles and warms up both programs
         self.compile_s = time.perf_counter() - t0
         sleep_c = self.sleep.lower(params, self.state).compile()
-        self.memory["sleep_bytes"] = compiled_bytes(sleep_c)
+        self.memory["sleep_bytes"] = machine.compiled_bytes(sleep_c)
 
     def run_window(self, record: bool = True) -> None:
         for _ in range(self.window):
@@ -205,7 +186,7 @@ def main(argv=None) -> int:
     last = rows[-1]
     ratio = last["wake_ms"] / base["wake_ms"]
     sleep_ratio = last["sleep_ms"] / base["sleep_ms"]
-    peak = device_peak()
+    peak = machine.device_peak()
     print(
         f"\nwake N={last['passes']} / N={base['passes']}: {ratio:.3f} (goal <= 1.15: "
         f"{'met' if ratio <= 1.15 else 'NOT met'}); sleep N={last['passes']} / "
