@@ -28,8 +28,8 @@ Implementations (``impl=``):
   intra-chunk triangular system is inverted with matmuls only (see
   ``_invert_unit_lower``); ``jax.scipy.linalg.solve_triangular`` deadlocked intermittently
   inside large CPU programs with jaxlib 0.10.2 (see shared/ANCHORS.md). The backward
-  pass is hand-written (``jax.custom_vjp``): it keeps only the inputs and the state at
-  each chunk start, and recomputes the rest.
+  pass is hand-written (``jax.custom_vjp``): it keeps the inputs, the state at each chunk
+  start and the per-chunk WY quantities (see ``_chunked_core_fwd``).
 * ``"associative"`` (linear rule only): ``lax.associative_scan`` over time. It
   materialises S at every step ([batch, time, heads, key, value]); kept as an
   equivalence check and for short sequences.
@@ -164,7 +164,14 @@ def _invert_unit_lower(a: jax.Array) -> jax.Array:
     on CPU than blockwise substitution on a [C, key + value] right-hand side.
     """
     c = a.shape[-1]
-    b = _SOLVE_BLOCK if c % _SOLVE_BLOCK == 0 else c  # odd chunk sizes: one block
+    b = min(c, _SOLVE_BLOCK)
+    if c % b:
+        # Pad to whole blocks: the inverse of diag(I + a, I) is diag((I + a)^-1, I). A
+        # series over one block longer than 16 would cancel catastrophically in float32
+        # when keys are aligned (entries of a near 1, its powers binomially large).
+        c_pad = -(-c // b) * b
+        pad = [(0, 0)] * (a.ndim - 2) + [(0, c_pad - c), (0, c_pad - c)]
+        return _invert_unit_lower(jnp.pad(a, pad))[..., :c, :c]
 
     def invert_block(blk):
         p = -blk
@@ -305,7 +312,7 @@ def _chunked_core_bwd(delta, res, cts):
     dq_g = do @ _t(s_start)
     dq = dq_g * eg[..., None]
     dgc = jnp.sum(dq_g * q_g, axis=-1)
-    dqk = (do @ _t(v_new)) * (decay > 0)
+    dqk = do @ _t(v_new)  # upper half is harmless: decay and qk are 0 there
     dp = dqk * decay
     dq = dq + dp @ k
     dk = _t(dp) @ q

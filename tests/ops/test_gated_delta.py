@@ -404,3 +404,42 @@ def test_long_sequence_chunked_does_not_hang():
     except subprocess.TimeoutExpired:
         pytest.fail("chunked gated_delta_rule at time 2048 did not finish within 120 s (hang?)")
     assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("chunk_size", [24, 40, 100])
+def test_aligned_keys_chunk_not_multiple_of_16(chunk_size):
+    """Keys close to one another (two prototypes plus small noise, beta near 1, weak decay):
+    the intra-chunk WY matrix then has entries near 1, where a power series over a whole
+    chunk of more than 16 tokens cancels catastrophically in float32. Rule 110's windows of
+    24 binary tokens are this case. Outputs, final state and gradients vs float64 / recurrent.
+    """
+    time, key = 100, 64
+    rng = np.random.default_rng(chunk_size)
+    protos = rng.standard_normal((2, key))
+    which = rng.integers(0, 2, (1, time, 1))
+    k = protos[which] + 0.05 * rng.standard_normal((1, time, 1, key))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)
+    q = rng.standard_normal((1, time, 1, key))
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    inputs = dict(
+        q=q,
+        k=k,
+        v=rng.standard_normal((1, time, 1, VALUE)),
+        g=np.full((1, time, 1), -0.01),
+        beta=np.full((1, time, 1), 0.9),
+        initial_state=rng.standard_normal((1, 1, key, VALUE)),
+    )
+    x, x64 = _cast(inputs, jnp.float32)
+    o_ref, s_ref = reference(**x64)
+    cot = (
+        jnp.asarray(rng.standard_normal((1, time, 1, VALUE)), jnp.float32),
+        jnp.asarray(rng.standard_normal((1, 1, key, VALUE)), jnp.float32),
+    )
+    args = [x[n] for n in _ARG_NAMES]
+    grads, (o, s) = _grad("delta", "chunked", chunk_size, cot, *args)
+    what = f"aligned keys, chunk={chunk_size}"
+    _assert_close(o, o_ref, RTOL_F32, what + " output")
+    _assert_close(s, s_ref, RTOL_F32, what + " final state")
+    g_rec, _ = _grad("delta", "recurrent", 64, cot, *args)
+    for name, got, want in zip(_ARG_NAMES, grads, g_rec, strict=True):
+        _assert_close(got, np.asarray(want), RTOL_F32, f"{what} d/d{name}")
