@@ -285,7 +285,9 @@ def _decode_step(model, params, spec, state: SessionState, token: jax.Array):
         count=jnp.minimum(state.count + 1, spec.window).astype(jnp.int32),
         position=state.position + 1,
     )
-    return logits, new
+    # On a full window the token is refused: the state stays exactly as it was, so a
+    # following sleep consolidates the window at its true positions.
+    return logits, _select(full, state, new)
 
 
 def _sleep_now(model, params, spec, state: SessionState, length: int, consolidate: bool):
@@ -343,7 +345,7 @@ decode_step.__doc__ = """decode_step(model, params, spec, state, token [batch] i
 
 One wake pass for one token at ``state.position``: the logits predict the next token. Never
 sleeps, so its cost does not depend on N. The window must not be full (``window_full``):
-then the logits are NaN and the token is not recorded in the window; sleep first.
+then the logits are NaN and the state is returned unchanged; sleep first.
 """
 
 

@@ -218,8 +218,9 @@ def test_decode_on_a_full_window_returns_nan(model, params, batch):
         logits, state = step(model, params, spec, state, batch["inputs"][:, t])
         assert np.isfinite(logits).all()
     assert bool(inference.window_full(spec, state))
-    logits, _ = step(model, params, spec, state, batch["inputs"][:, L])
+    logits, after = step(model, params, spec, state, batch["inputs"][:, L])
     assert np.isnan(logits).all()
+    chex.assert_trees_all_equal(after, state)  # the refused token leaves no trace
 
 
 # ---------------------------------------------------------------------- generate
