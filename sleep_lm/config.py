@@ -15,6 +15,7 @@ anything touches a device) and before compiling.
 """
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _float(config, field: str, minimum: float = 0.0, strict: bool = False) -> fl
     value = _get(config, field)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"config.{field} must be a number (got {value!r})")
-    if value < minimum or (strict and value == minimum) or value != value:
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
         relation = ">" if strict else ">="
         raise ConfigError(f"config.{field} must be {relation} {minimum} (got {value})")
     return float(value)

@@ -70,6 +70,8 @@ def test_config_arguments():
         ("train.batch_size", 0, "config.train.batch_size must be >= 1 (got 0)"),
         ("train.steps", 0, "config.train.steps must be >= 1 (got 0)"),
         ("train.lr", 0.0, "config.train.lr must be > 0.0 (got 0.0)"),
+        ("train.lr", float("inf"), "config.train.lr must be > 0.0 (got inf)"),
+        ("train.grad_clip", float("nan"), "config.train.grad_clip must be >= 0.0 (got nan)"),
         ("train.optimizer", "sgd", "config.train.optimizer must be one of 'muon', 'adamw'"),
         ("train.schedule", "linear", "config.train.schedule must be one of"),
         ("train.adam_patterns", "embed,(", "config.train.adam_patterns: bad regex '('"),

@@ -440,7 +440,8 @@ def train(
                 if done % train_cfg.checkpoint_every == 0 or done == total:
                     checkpointer.save(done, state)
                 # Every host stops at the same step (a signal may reach only some of them).
-                if parallel.any_process(stop.signum is not None):
+                # A signal during the last step is not an interruption: the run is complete.
+                if done < total and parallel.any_process(stop.signum is not None):
                     checkpointer.save(done, state)
                     checkpointer.wait()
                     raise Interrupted(stop.signum or signal.SIGTERM, done)
