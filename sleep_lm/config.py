@@ -15,6 +15,7 @@ anything touches a device) and before compiling.
 """
 
 import importlib.util
+import json
 import math
 import re
 from pathlib import Path
@@ -170,6 +171,50 @@ def load_config(config_arg: str | Path) -> config_dict.ConfigDict:
     """
     path, _, arg = str(config_arg).partition(":")
     return load_config_module(path).get_config(arg or None)
+
+
+# Fields that may change when a run resumes from its checkpoints: budget, cadence, eval
+# sets and device layout. Anything else (model, task, sleep, optimiser) would silently
+# continue a run under a config that did not produce its checkpoints.
+RESUMABLE_FIELDS = (
+    "train.steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_size",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "task.eval_steps",
+    "task.eval_hops",
+    "mesh.",
+)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_conflict(previous: dict, config: config_dict.ConfigDict) -> str | None:
+    """One line naming the first field where `config` differs from the config a workdir's
+    checkpoints were trained with (`previous`, its config.json), ignoring RESUMABLE_FIELDS;
+    None when resuming is safe."""
+    old = _flatten(previous)
+    new = _flatten(json.loads(config.to_json_best_effort()))
+    for field in sorted(set(old) | set(new)):
+        if any(field == f or (f.endswith(".") and field.startswith(f)) for f in RESUMABLE_FIELDS):
+            continue
+        if old.get(field, "<unset>") != new.get(field, "<unset>"):
+            return (
+                f"config.{field}={new.get(field, '<unset>')!r} differs from the value the "
+                f"checkpoints in this workdir were trained with ({old.get(field, '<unset>')!r}); "
+                "use a new --workdir, or set it back"
+            )
+    return None
 
 
 def parse_arg(arg: str | None, **defaults) -> config_dict.ConfigDict:

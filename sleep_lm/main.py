@@ -66,7 +66,8 @@ def fail(message: str, status: int) -> None:
 
 
 def write_config(config, workdir: Path) -> None:
-    """WORKDIR/config.json: the resolved config; notes when it differs from a previous run's."""
+    """WORKDIR/config.json: the resolved config (a resumed run may differ only in
+    config.RESUMABLE_FIELDS); notes when it differs from a previous run's."""
     path = workdir / "config.json"
     text = config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
     if path.exists() and path.read_text() != text:
@@ -127,6 +128,11 @@ def main(argv) -> None:
         return
 
     workdir.mkdir(parents=True, exist_ok=True)
+    previous = workdir / "config.json"
+    if previous.exists() and any((workdir / "checkpoints").glob("[0-9]*")):
+        conflict = config_lib.resume_conflict(json.loads(previous.read_text()), config)
+        if conflict:
+            fail(conflict, 2)
     if parallel.is_primary():
         write_config(config, workdir)
     try:

@@ -183,3 +183,34 @@ def test_cli_eval_mode(tiny_run):
     final = [r for r in metrics if r["step"] == 3 and "eval/loss" in r][0]
     assert record["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
     assert json.loads((workdir / "eval.json").read_text()) == record
+
+
+def test_resume_conflict_names_the_changed_field():
+    previous = json.loads(experiment_config("smoke").to_json_best_effort())
+    config = experiment_config("smoke")
+    config.train.steps = 10_000  # budget, cadence and mesh may change on resume
+    config.train.eval_every = 7
+    config.mesh.data = 2
+    assert config_lib.resume_conflict(previous, config) is None
+    config.sleep.passes = 3
+    message = config_lib.resume_conflict(previous, config)
+    assert message.startswith("config.sleep.passes=3 differs from the value the checkpoints")
+
+
+def test_cli_refuses_to_resume_under_a_changed_config(tiny_run):
+    workdir, _, _ = tiny_run
+    before = (workdir / "config.json").read_text()
+    result = run_main(
+        "--config=experiments/rule110.py:smoke,steps=0,passes=3",  # trained with passes=2
+        f"--workdir={workdir}",
+        "--config.model.width=16",
+        "--config.model.heads=2",
+        "--config.model.mlp_ratio=2",
+        "--config.model.layers=attn,gdn",
+        "--config.train.batch_size=4",
+        "--config.train.eval_size=8",
+        "--config.train.steps=4",
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: config.sleep.passes=3")
+    assert (workdir / "config.json").read_text() == before
