@@ -2,6 +2,8 @@
 scripts here)."""
 
 import os
+import platform
+from datetime import UTC, datetime
 
 import jax
 
@@ -48,3 +50,18 @@ def device_peak() -> int | None:
     """The device allocator's high-water mark (process-wide; None where not reported)."""
     stats = jax.local_devices()[0].memory_stats()
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def facts() -> dict:
+    """Date, versions, backend, device and host, recorded with every result."""
+    return dict(
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
+        jax=jax.__version__,
+        python=platform.python_version(),
+        backend=jax.default_backend(),
+        device_kind=jax.devices()[0].device_kind,
+        device_count=jax.device_count(),
+        host=platform.node(),
+        cpus=cpu_count(),
+        load_average=load_average(),
+    )

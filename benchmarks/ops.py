@@ -47,10 +47,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import sys
 import time
-from datetime import UTC, datetime
 
 import jax
 import jax.numpy as jnp
@@ -214,17 +212,9 @@ def main(argv=None) -> int:
     shapes = args.shapes or (ACCEL_SHAPES if accel else CPU_SHAPES)
     chunk_sizes = args.chunk_sizes or ([64] if args.quick else [16, 32, 64])
     repeats = args.repeats or (3 if args.quick else (20 if accel else 5))
-    device = jax.devices()[0]
     meta = dict(
-        date=datetime.now(UTC).isoformat(timespec="seconds"),
-        jax=jax.__version__,
+        **machine.facts(),
         jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
-        python=platform.python_version(),
-        backend=backend,
-        device_kind=device.device_kind,
-        device_count=jax.device_count(),
-        host=platform.node(),
-        cpus=machine.cpu_count(),
         dtype=dtype_name,
         repeats=repeats,
         quick=args.quick,

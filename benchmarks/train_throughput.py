@@ -37,11 +37,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import jax
@@ -242,16 +240,8 @@ def main(argv=None) -> int:
         if name not in ("rule110", "large"):
             parser.error(f"--settings: allowed rule110, large; got {name!r}")
 
-    device = jax.devices()[0]
     meta = dict(
-        date=datetime.now(UTC).isoformat(timespec="seconds"),
-        jax=jax.__version__,
-        python=platform.python_version(),
-        backend=backend,
-        device_kind=device.device_kind,
-        host=platform.node(),
-        cpus=machine.cpu_count(),
-        load_average=machine.load_average(),
+        **machine.facts(),
         dtype=dtype,
         warmup=args.warmup,
         repeats=args.repeats,

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import jax
@@ -126,16 +124,8 @@ def main(argv=None) -> int:
     rounds = args.rounds or (3 if args.quick else (10 if backend == "cpu" else 50))
     model = rule110_model(dtype, args.window)
     params = model.init_params(jax.random.key(0))
-    device = jax.devices()[0]
     meta = dict(
-        date=datetime.now(UTC).isoformat(timespec="seconds"),
-        jax=jax.__version__,
-        python=platform.python_version(),
-        backend=backend,
-        device_kind=device.device_kind,
-        host=platform.node(),
-        cpus=machine.cpu_count(),
-        load_average=machine.load_average(),
+        **machine.facts(),
         dtype=dtype,
         batch=args.batch,
         window=args.window,
