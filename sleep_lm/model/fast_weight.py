@@ -45,10 +45,11 @@ def causal_conv(x: jax.Array, tail: jax.Array, weight: jax.Array) -> tuple[jax.A
     """
     size, time = weight.shape[0], x.shape[1]
     xp = jnp.concatenate([tail.astype(x.dtype), x], axis=1)  # [batch, size - 1 + time, channels]
-    w = weight.astype(x.dtype)
-    y = sum(xp[:, j : j + time] * w[j] for j in range(size))
+    # Taps summed in float32 (this feeds the keys and values written into the fast weights).
+    xp32, w = xp.astype(jnp.float32), weight.astype(jnp.float32)
+    y = sum(xp32[:, j : j + time] * w[j] for j in range(size))
     new_tail = xp[:, xp.shape[1] - (size - 1) :]
-    return y, new_tail.astype(tail.dtype)
+    return y.astype(x.dtype), new_tail.astype(tail.dtype)
 
 
 def l2_normalize(x: jax.Array) -> jax.Array:

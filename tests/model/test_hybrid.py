@@ -66,3 +66,10 @@ def test_bfloat16_compute_keeps_f32_params_and_fast_weights(make_model, params, 
     chex.assert_type(state.layers[0].keys, jnp.bfloat16)
     chex.assert_type(state.layers[1].fast_weights, jnp.float32)
     chex.assert_tree_all_finite(logits)
+    # Values, not only dtypes: within bfloat16 rounding of the float32 model's.
+    f32 = make_model(dtype="float32")
+    want, want_state = _forward(jit, f32)(params, tokens, jnp.arange(6), f32.init_state(2))
+    scale = float(jnp.max(jnp.abs(want)))
+    chex.assert_trees_all_close(logits, want, atol=3e-2 * scale, rtol=3e-2)
+    fw, want_fw = state.layers[1].fast_weights, want_state.layers[1].fast_weights
+    chex.assert_trees_all_close(fw, want_fw, atol=3e-2 * float(jnp.max(jnp.abs(want_fw))))
