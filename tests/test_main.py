@@ -123,18 +123,24 @@ def test_cli_unknown_field_one_line_exit_2(tmp_path):
     ]
 
 
+# A tiny model through the real CLI: both layer kinds, few blocks (fast to compile).
+TINY_MODEL = (
+    "--config.model.width=16",
+    "--config.model.heads=2",
+    "--config.model.mlp_ratio=2",
+    "--config.model.layers=attn,gdn",
+    "--config.train.batch_size=4",
+    "--config.train.eval_size=8",
+)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("cli")
     flags = [
         "--config=experiments/rule110.py:smoke,steps=0,passes=2",
         f"--workdir={workdir}",
-        "--config.model.width=16",
-        "--config.model.heads=2",
-        "--config.model.mlp_ratio=2",
-        "--config.model.layers=attn,gdn",  # both kinds; fewer blocks compile faster
-        "--config.train.batch_size=4",
-        "--config.train.eval_size=8",
+        *TINY_MODEL,
         "--config.train.log_every=1",
         "--config.train.eval_every=2",
         "--config.train.checkpoint_every=2",
@@ -168,12 +174,7 @@ def test_cli_eval_mode(tiny_run):
     result = run_main(
         "--config=experiments/rule110.py:smoke,steps=0,passes=2",
         f"--workdir={workdir}",
-        "--config.model.width=16",
-        "--config.model.heads=2",
-        "--config.model.mlp_ratio=2",
-        "--config.model.layers=attn,gdn",
-        "--config.train.batch_size=4",
-        "--config.train.eval_size=8",
+        *TINY_MODEL,
         "--mode=eval",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -203,12 +204,7 @@ def test_cli_refuses_to_resume_under_a_changed_config(tiny_run):
     result = run_main(
         "--config=experiments/rule110.py:smoke,steps=0,passes=3",  # trained with passes=2
         f"--workdir={workdir}",
-        "--config.model.width=16",
-        "--config.model.heads=2",
-        "--config.model.mlp_ratio=2",
-        "--config.model.layers=attn,gdn",
-        "--config.train.batch_size=4",
-        "--config.train.eval_size=8",
+        *TINY_MODEL,
         "--config.train.steps=4",
     )
     assert result.returncode == 2
