@@ -25,7 +25,7 @@ from ml_collections import config_dict
 
 from sleep_lm import parallel, sleep
 from sleep_lm.model.config import DTYPES, GDN_IMPLS, LAYER_KINDS, POSITIONS, RULES, ModelConfig
-from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES
+from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES, split_patterns
 
 _MISSING = object()
 
@@ -135,9 +135,9 @@ def _validate_train(config) -> None:
     _float(config, "train.adam_lr", 0.0)
     if optimizer == "muon":
         patterns = _get(config, "train.adam_patterns")
-        for pattern in str(patterns).split(","):
+        for pattern in split_patterns(patterns):
             try:
-                re.compile(pattern.strip())
+                re.compile(pattern)
             except re.error as e:
                 raise ConfigError(
                     f"config.train.adam_patterns: bad regex {pattern!r} ({e})"

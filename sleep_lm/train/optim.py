@@ -33,8 +33,32 @@ OPTIMIZERS = ("muon", "adamw")
 
 
 def split_patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
+    """The regexes of `train.adam_patterns`: a sequence, or one comma-separated string.
+
+    A string is split only at commas outside brackets and not escaped, so a regex may hold
+    a comma where it means one: "embed,x{1,3},[,;],(a|b,c),\\," is five patterns.
+    """
     if isinstance(patterns, str):
-        patterns = patterns.split(",")
+        parts, depth, current, escaped, in_class = [], 0, [], False, False
+        for char in patterns:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif in_class:  # Inside [...] only "]" is special.
+                in_class = char != "]"
+            elif char == "[":
+                in_class = True
+            elif char in "({":
+                depth += 1
+            elif char in ")}":
+                depth = max(depth - 1, 0)
+            elif char == "," and depth == 0:
+                parts.append("".join(current))
+                current = []
+                continue
+            current.append(char)
+        patterns = [*parts, "".join(current)]
     return tuple(p.strip() for p in patterns if p.strip())
 
 

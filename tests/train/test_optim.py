@@ -28,6 +28,26 @@ def _labels_by_name(params, patterns):
     return {parallel.path_name(path): label for path, label in leaves}
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("embed, lm_head,,norm ", ("embed", "lm_head", "norm")),
+        (r"x{1,3},[,;],(a|b,c),\,,[(],z", ("x{1,3}", "[,;]", "(a|b,c)", r"\,", "[(]", "z")),
+        (("a,b", "c"), ("a,b", "c")),  # a sequence is taken as it is
+    ],
+)
+def test_adam_patterns_split_only_at_top_level_commas(text, expected):
+    assert optim.split_patterns(text) == expected
+
+
+def test_comma_in_a_regex_reaches_the_param_labels(model_params):
+    # Split at the comma, "kernel{1" would match nothing and both gates would go to Muon.
+    labels = _labels_by_name(model_params, r"block_(1|3)/mixer/(a|b)_proj/kernel{1,}")
+    assert labels["block_1/mixer/a_proj/kernel"] == optim.ADAM
+    assert labels["block_3/mixer/b_proj/kernel"] == optim.ADAM
+    assert labels["block_1/mixer/q_proj/kernel"] == optim.MUON
+
+
 def test_muon_gets_exactly_the_mixing_and_mlp_matrices(model_params):
     patterns = experiment_config().train.adam_patterns
     labels = _labels_by_name(model_params, patterns)
