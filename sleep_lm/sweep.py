@@ -18,9 +18,11 @@ last component). `--config.<field>=<value>` flags given to the sweep apply to ev
 sweep.
 
 A point is skipped when it is finished: ROOT/<name>/config.json holds exactly the config the
-point would run (so changing a field re-runs it) and ROOT/<name>/metrics.jsonl has an eval
-line at step >= train.steps (the trainer writes that line last, right before the final
-checkpoint). An unfinished point resumes from its last checkpoint (sleep_lm.main does that).
+point would run (so changing a field re-runs it), ROOT/<name>/metrics.jsonl has an eval
+line at step >= train.steps, and ROOT/<name>/checkpoints/ holds a committed checkpoint of that
+step (the trainer writes the eval line, then saves asynchronously: a run killed in between has
+the line but not the checkpoint, and is not finished). An unfinished point resumes from its
+last checkpoint (sleep_lm.main does that).
 
 --print_only prints one shell-quoted launch command per point instead (for a cluster) and runs
 nothing. Before anything runs every point's config is built and validated, so a typo in the
@@ -188,6 +190,11 @@ def is_finished(workdir: str | Path, config: config_dict.ConfigDict) -> bool:
     if on_disk != _config_json(config):
         return False
     total = config.train.steps
+    # Orbax writes a step under a temporary name and renames it to the bare step number
+    # when the save is committed, so only all-digit names count.
+    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+    if not steps or max(steps) < total:
+        return False
     for line in reversed(lines):
         try:
             record = json.loads(line)

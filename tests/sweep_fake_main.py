@@ -3,7 +3,8 @@
 Takes the same flags (--config, --workdir, --config.<field>=...), writes WORKDIR/config.json
 the way sleep_lm.main does and a metrics.jsonl in the trainer's format whose eval metrics are
 a known function of the config (see `fake_accuracy`), and appends one line per invocation to
-WORKDIR/invocations so tests can count runs. With FAKE_MAIN_FAIL_PASSES=n in the environment,
+WORKDIR/invocations so tests can count runs. A run that ends writes WORKDIR/checkpoints/<steps>/
+(empty: only its name matters to the sweep). With FAKE_MAIN_FAIL_PASSES=n in the environment,
 a run with sleep.passes == n writes its metrics up to half way and exits with status 1.
 """
 
@@ -48,6 +49,8 @@ def main(argv):
                     f"eval/accuracy@t={2 * t}": accuracy / 2,
                 }
                 f.write(json.dumps(record) + "\n")
+    # The final checkpoint, as orbax leaves it once committed (a directory named by the step).
+    (workdir / "checkpoints" / str(total)).mkdir(parents=True, exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -155,10 +155,18 @@ def test_sweep_runs_points_and_skips_finished(config_file, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert [invocations(root / f"passes{n}") for n in (1, 2)] == [1, 2]
 
+    # Killed after its last eval line but before the final checkpoint was committed (orbax's
+    # temporary name): not finished, it runs again; the other stays skipped.
+    final = root / "passes1" / "checkpoints" / "4"
+    final.rename(final.with_name("4.orbax-checkpoint-tmp-1700000000"))
+    result = run_sweep(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [invocations(root / f"passes{n}") for n in (1, 2)] == [2, 2]
+
     # A different config (more steps) is not the finished run: both run again.
     result = run_sweep(*args, "--config.train.steps=6")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [invocations(root / f"passes{n}") for n in (1, 2)] == [2, 3]
+    assert [invocations(root / f"passes{n}") for n in (1, 2)] == [3, 3]
     assert "--config.train.steps=6 --config.sleep.passes=1" in result.stdout
 
 
