@@ -416,12 +416,10 @@ def train(
                 if done % train_cfg.log_every == 0 or done == total:
                     means = {key: value / count for key, value in sums.items()}
                     tokens_per_s = progress.rate(done)
-                    record = dict(
-                        means,
-                        lr=lr_schedules[optim.MUON](step),
-                        adam_lr=lr_schedules[optim.ADAM](step),
-                        tokens_per_s=tokens_per_s,
-                    )
+                    record = dict(means, lr=lr_schedules[optim.MUON](step))
+                    if train_cfg.optimizer == "muon":  # "adamw" has one group, at lr.
+                        record["adam_lr"] = lr_schedules[optim.ADAM](step)
+                    record["tokens_per_s"] = tokens_per_s
                     writer.write(done, record)
                     logging.info("%s", progress.line(done, means["loss"], tokens_per_s))
                     sums, count = {}, 0
@@ -463,6 +461,9 @@ def evaluate_checkpoint(
     components = components or build_components(config)
     optimizer = optim.make_optimizer(config.train)
     layout = Layout.from_config(config)
+    if not (workdir / "checkpoints").is_dir():
+        # Checked before orbax is asked: its manager would create the (empty) directory.
+        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} (no such directory)")
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
         if checkpointer.latest_step() is None:

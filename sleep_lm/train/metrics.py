@@ -3,7 +3,8 @@
 metrics.jsonl holds one JSON object per line, each with an integer "step" (the number of
 optimiser updates done when it was measured):
 - train lines: loss, token_accuracy, accuracy (means over the steps since the previous
-  line), lr (Muon group), adam_lr, grad_norm (before clipping), tokens_per_s;
+  line), lr (Muon group; every parameter's with optimizer "adamw"), adam_lr (AdamW group;
+  optimizer "muon" only), grad_norm (before clipping), tokens_per_s;
 - eval lines: eval/loss, eval/token_accuracy, eval/accuracy (on the fixed held-out set).
 A restarted run appends to the file; lines from steps after the checkpoint it resumes from
 (work that was lost) are dropped first, so the file never holds two lines for one step and

@@ -162,6 +162,13 @@ def test_evaluate_checkpoint_matches_final_eval(straight_run):
         assert metrics[key] == pytest.approx(value, rel=1e-6)
 
 
+def test_evaluate_checkpoint_of_a_missing_workdir_creates_nothing(tmp_path):
+    workdir = tmp_path / "typo"
+    with pytest.raises(FileNotFoundError, match="no checkpoint in .*typo/checkpoints"):
+        loop.evaluate_checkpoint(tiny_config(), workdir, fake_components())
+    assert not workdir.exists()  # orbax would have made an empty checkpoints/ directory
+
+
 def test_evaluate_in_chunks_equals_whole_set_mean():
     batch = {"inputs": np.arange(11, dtype=np.float32)[:, None] ** 2}
 
