@@ -36,6 +36,14 @@ size). GFLOP/s = these counts / measured time: a measure of useful work, compara
 impls, not of what the implementation actually executes (e.g. recomputation in a custom
 VJP, or the power-series inverse in place of a triangular solve, is not counted).
 
+Accuracy (columns "err o", "err S"): each impl's forward at the default matmul precision
+against the recurrent scan on the same inputs cast to float32 at precision "highest",
+as max |x - x_ref| / max |x_ref| for the outputs and the final state. On CPU float32 dots
+are exact float32; on Ampere and later NVIDIA GPUs JAX's default computes them in TF32, on
+TPU in bfloat16 passes, so these columns show what that costs (set
+JAX_DEFAULT_MATMUL_PRECISION=highest for full float32 everywhere). Outputs come back in
+the input dtype, so with bfloat16 inputs "err o" includes o's own rounding (~3e-3).
+
 The machine's matmul rate is measured in the same run: a batched matmul of the chunked
 algorithm's intra-chunk products, [B*H*n, C, K] @ [B*H*n, K, C] for the largest chunk size,
 and one of its chunk-state products over the whole sequence, [B*H, T, K] @ [B*H, K, V],
@@ -53,6 +61,7 @@ import time
 import jax
 import jax.numpy as jnp
 import machine
+import numpy as np
 
 from sleep_lm import ops
 
@@ -143,8 +152,33 @@ def make_fns(rule_fn, impl: str, chunk_size: int):
     return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4, 5)))
 
 
-def bench_one(rule: str, impl: str, chunk_size, shape, dtype, repeats: int) -> dict:
-    rule_fn = ops.gated_delta_rule if rule == "delta" else ops.gated_linear_rule
+def rule_fn_of(rule: str):
+    return ops.gated_delta_rule if rule == "delta" else ops.gated_linear_rule
+
+
+def reference(rule: str, shape, dtype):
+    """(o, S) of the recurrent scan in float32 at matmul precision "highest": the oracle.
+
+    The inputs are the benchmark's (rounded to `dtype`), cast to float32, so an error
+    measured against this is the implementation's own, not the inputs' rounding.
+    """
+    inputs, _ = make_inputs(shape, dtype)
+    inputs = [x.astype(jnp.float32) for x in inputs]
+    with jax.default_matmul_precision("highest"):
+        fwd, _ = make_fns(rule_fn_of(rule), "recurrent", 64)
+        o, s = fwd(*inputs)
+    return jax.device_get(o), jax.device_get(s)
+
+
+def max_rel_error(x, ref) -> float:
+    """max |x - ref| / max |ref| (a scale-free error; 0 = exact)."""
+    x = np.asarray(x, np.float64)
+    ref = np.asarray(ref, np.float64)
+    return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def bench_one(rule: str, impl: str, chunk_size, shape, dtype, repeats: int, ref=None) -> dict:
+    rule_fn = rule_fn_of(rule)
     delta = rule == "delta"
     inputs, cots = make_inputs(shape, dtype)
     fwd, grad = make_fns(rule_fn, impl, chunk_size or 64)
@@ -165,6 +199,11 @@ def bench_one(rule: str, impl: str, chunk_size, shape, dtype, repeats: int) -> d
         row[f"{name}_ms"] = ms
         row[f"{name}_compile_s"] = compile_s
         row[f"{name}_gflops"] = mult * flops / (ms * 1e-3) / 1e9
+    if ref is not None and row.get("fwd_ms") is not None:
+        # Accuracy at the default matmul precision (TF32 for float32 dots on recent NVIDIA
+        # GPUs, bfloat16 passes on TPU) against the float32 "highest" recurrent oracle.
+        o, s = jax.device_get(fwd(*inputs))
+        row["err_o"], row["err_state"] = max_rel_error(o, ref[0]), max_rel_error(s, ref[1])
     return row
 
 
@@ -241,7 +280,7 @@ def main(argv=None) -> int:
         print(
             f"{'rule':6} {'impl':11} {'chunk':>5} {'fwd ms':>9} {'f+b ms':>9} "
             f"{'fwd/rec':>15} {'f+b/rec':>15} {'fwd GF/s':>9} {'f+b GF/s':>9} "
-            f"{'compile s':>9}"
+            f"{'compile s':>9} {'err o':>8} {'err S':>8}"
         )
         # The linear rule at the first shape only (it shares the chunked machinery).
         rules = ["delta", "linear"] if si == 0 else ["delta"]
@@ -257,8 +296,9 @@ def main(argv=None) -> int:
                 else:
                     skipped = f"{assoc_bytes / 2**20:.0f} MiB of states"
             base = None
+            ref = reference(rule, shape, dtype)
             for impl, chunk in plan:
-                row = bench_one(rule, impl, chunk, shape, dtype, repeats)
+                row = bench_one(rule, impl, chunk, shape, dtype, repeats, ref)
                 row["dtype"] = dtype_name
                 if impl == "recurrent":
                     base = row
@@ -280,7 +320,8 @@ def main(argv=None) -> int:
                     f"{row.get('fwdbwd_error') or fmt(row['fwdbwd_ms'], '.2f'):>9} "
                     f"{cells['fwd']:>15} {cells['fwdbwd']:>15} "
                     f"{fmt(row['fwd_gflops'], '.1f'):>9} {fmt(row['fwdbwd_gflops'], '.1f'):>9} "
-                    f"{compile_s:>9}",
+                    f"{compile_s:>9} {fmt(row.get('err_o'), '.1e'):>8} "
+                    f"{fmt(row.get('err_state'), '.1e'):>8}",
                     flush=True,
                 )
                 rows.append(row)
@@ -289,7 +330,10 @@ def main(argv=None) -> int:
     print(
         "\nfwd/rec, f+b/rec: time of the impl / time of the recurrent scan (speedup in "
         "parentheses). GF/s: analytic flops (see the module docstring) / time; fwd+bwd "
-        "counted as 3x fwd. compile s: first call of fwd / fwd+bwd."
+        "counted as 3x fwd. compile s: first call of fwd / fwd+bwd. err o, err S: "
+        "max |x - x_ref| / max |x_ref| of the outputs and the final state at the default "
+        "matmul precision, x_ref from the recurrent scan on the same inputs in float32 "
+        'at precision "highest".'
     )
     if args.out:
         with open(args.out, "w") as f:
