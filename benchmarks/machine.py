@@ -1,6 +1,7 @@
 """Machine facts and memory readings recorded next to every benchmark result (shared by the
 scripts here)."""
 
+import json
 import os
 import platform
 from datetime import UTC, datetime
@@ -65,3 +66,11 @@ def facts() -> dict:
         cpus=cpu_count(),
         load_average=load_average(),
     )
+
+
+def write_json(path, obj) -> None:
+    """Writes obj as JSON to path. The scripts call it after every row (with "complete":
+    false until the last), so a run stopped at a time limit still leaves its rows."""
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.write("\n")

@@ -53,7 +53,6 @@ both in the benchmark dtype.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -325,6 +324,9 @@ def main(argv=None) -> int:
                     flush=True,
                 )
                 rows.append(row)
+                if args.out:
+                    result = dict(meta=meta, matmul_gflops=matmuls, rows=rows, complete=False)
+                    machine.write_json(args.out, result)
             if skipped:
                 print(f"{rule:6} {'associative':11} skipped: it would materialise {skipped}")
     print(
@@ -336,8 +338,8 @@ def main(argv=None) -> int:
         'at precision "highest".'
     )
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(meta=meta, matmul_gflops=matmuls, rows=rows), f, indent=1)
+        result = dict(meta=meta, matmul_gflops=matmuls, rows=rows, complete=True)
+        machine.write_json(args.out, result)
         print(f"wrote {args.out}")
     return 0
 

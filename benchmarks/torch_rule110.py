@@ -546,6 +546,10 @@ def main(argv=None) -> int:
             loss=float(loss.detach()),
         )
         rows.append(row)
+        if args.out:  # after every N, so a run stopped at a time limit keeps its rows
+            Path(args.out).write_text(
+                json.dumps(dict(meta=meta, rows=rows, complete=False), indent=1) + "\n"
+            )
         ref = REFERENCE_H200_MS.get(passes)
         ref_text = f"{ref / row['step_ms']:.2f}x of {ref} ms" if ref else "-"
         peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**30:.2f}"
@@ -559,7 +563,9 @@ def main(argv=None) -> int:
     if meta["guard_bypassed"]:
         print("NOTE: fla's Hopper guard (issue #640) was bypassed for timing only (see above).")
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        Path(args.out).write_text(
+            json.dumps(dict(meta=meta, rows=rows, complete=True), indent=1) + "\n"
+        )
         print(f"wrote {args.out}")
     return 0
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import time
@@ -273,6 +272,8 @@ def main(argv=None) -> int:
             for remat in remats:
                 row = bench(setting, n, remat, args, params)
                 rows.append(row)
+                if args.out:
+                    machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
                 gib = lambda x: "-" if x is None else f"{x / 2**30:.2f}"
                 if "error" in row:
                     print(
@@ -293,7 +294,7 @@ def main(argv=None) -> int:
         "donated + temporaries). dev peak: the device allocator's high-water mark so far."
     )
     if args.out:
-        Path(args.out).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1) + "\n")
+        machine.write_json(args.out, dict(meta=meta, rows=rows, complete=True))
         print(f"wrote {args.out}")
     return 0
 
