@@ -35,11 +35,17 @@ Implementations (``impl=``):
   equivalence check and for short sequences.
 
 All arithmetic is float32 whatever the input dtype: the state accumulates over the whole
-sequence (and over sleep passes), where bfloat16 rounding would compound.
+sequence (and over sleep passes), where bfloat16 rounding would compound. That includes the
+matmuls: by default (``precision="highest"``) every dot is traced at
+``jax.lax.Precision.HIGHEST``, because JAX's default precision for float32 dots is TF32 on
+Ampere and later NVIDIA GPUs and one bfloat16 pass on TPU. ``precision=None`` follows JAX's
+global setting (``jax_default_matmul_precision``); any ``jax.lax.Precision`` name
+("default", "high", "tensorfloat32", ...) trades accuracy for speed explicitly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -55,14 +61,19 @@ LINEAR_IMPLS = ("chunked", "associative", "recurrent")
 # order b, so the series is exact); larger chunks are solved block by block.
 _SOLVE_BLOCK = 16
 
+# Names `precision=` takes besides None (``jax.default_matmul_precision``'s; "float32" is
+# "highest", "tensorfloat32" is "high", "bfloat16" is "default").
+PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
+
 
 # ----------------------------------------------------------------------------- checks
 
 
 def _check_inputs(
-    q, k, v, g, beta, initial_state, scale, impl, impls: Sequence[str], chunk_size
+    q, k, v, g, beta, initial_state, scale, impl, impls: Sequence[str], chunk_size, precision
 ) -> None:
     """Raises ValueError naming the offending argument (before anything is traced)."""
+    check_precision(precision)
     if impl not in impls:
         raise ValueError(f"impl must be one of {tuple(impls)}, got {impl!r}")
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
@@ -95,6 +106,24 @@ def _check_inputs(
             raise ValueError(f"initial_state must be float32; got {initial_state.dtype}")
     if scale is not None and not isinstance(scale, (int, float)):
         raise ValueError(f"scale must be a Python number or None, got {type(scale).__name__}")
+
+
+def check_precision(precision) -> None:
+    """ValueError unless `precision` is None or one of PRECISIONS."""
+    if precision is not None and precision not in PRECISIONS:
+        names = ", ".join(repr(p) for p in PRECISIONS)
+        raise ValueError(f"precision must be None or one of {names}; got {precision!r}")
+
+
+def _precision_scope(precision):
+    """The matmul precision of every dot traced inside (None: JAX's global default).
+
+    Entered inside each traced function body, the custom VJP's forward and backward
+    included, so the backward pass gets it too (it is traced later, during the transpose).
+    """
+    if precision is None:
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision(precision)
 
 
 def _prepare(q, k, v, g, beta, initial_state, scale):
@@ -267,14 +296,16 @@ def _chunked_forward(q, k, v, g, beta, state, delta):
     return o, state, (s_start, v_new, it)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _chunked_core(q, k, v, g, beta, state, delta):
-    o, state, _ = _chunked_forward(q, k, v, g, beta, state, delta)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _chunked_core(q, k, v, g, beta, state, delta, precision):
+    with _precision_scope(precision):
+        o, state, _ = _chunked_forward(q, k, v, g, beta, state, delta)
     return o, state
 
 
-def _chunked_core_fwd(q, k, v, g, beta, state, delta):
-    o, final, (s_start, v_new, it) = _chunked_forward(q, k, v, g, beta, state, delta)
+def _chunked_core_fwd(q, k, v, g, beta, state, delta, precision):
+    with _precision_scope(precision):
+        o, final, (s_start, v_new, it) = _chunked_forward(q, k, v, g, beta, state, delta)
     # Residuals: the inputs, the state at each chunk start ([n, batch, heads, key, value],
     # 1/c of what a per-token scan stores) and the per-chunk WY quantities (each the size
     # of an input, or [c, c] per chunk). Recomputing the latter instead took 129-140 ms
@@ -283,7 +314,12 @@ def _chunked_core_fwd(q, k, v, g, beta, state, delta):
     return (o, final), (q, k, v, g, beta, s_start, v_new, it)
 
 
-def _chunked_core_bwd(delta, res, cts):
+def _chunked_core_bwd(delta, precision, res, cts):
+    with _precision_scope(precision):
+        return _chunked_backward(delta, res, cts)
+
+
+def _chunked_backward(delta, res, cts):
     """Hand-written backward of _chunked_forward (the analogue of fla's chunk backward)."""
     q, k, v, g, beta, s_start, v_new, it = res
     do, ds_final = cts
@@ -356,7 +392,7 @@ def _chunked_core_bwd(delta, res, cts):
 _chunked_core.defvjp(_chunked_core_fwd, _chunked_core_bwd)
 
 
-def _chunked(q, k, v, g, beta, state, scale, *, chunk_size: int, delta: bool):
+def _chunked(q, k, v, g, beta, state, scale, *, chunk_size: int, delta: bool, precision):
     b, t, h, _ = q.shape
     dv = v.shape[-1]
     c = min(chunk_size, t)
@@ -367,7 +403,7 @@ def _chunked(q, k, v, g, beta, state, scale, *, chunk_size: int, delta: bool):
         zpad = lambda x: jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
         q, k, v, g, beta = map(zpad, (q, k, v, g, beta))
     q, k, v, g, beta = (_to_chunks(x, n, c) for x in (q * scale, k, v, g, beta))
-    o, state = _chunked_core(q, k, v, g, beta, state, delta)
+    o, state = _chunked_core(q, k, v, g, beta, state, delta, precision)
     o = jnp.moveaxis(o, 0, 1)  # [batch, n, heads, c, value]
     o = jnp.swapaxes(o, 2, 3).reshape(b, n * c, h, dv)
     return o[:, :t], state
@@ -376,16 +412,21 @@ def _chunked(q, k, v, g, beta, state, scale, *, chunk_size: int, delta: bool):
 # ------------------------------------------------------------------------------ API
 
 
-@functools.partial(jax.jit, static_argnames=("scale", "impl", "chunk_size", "delta"))
-def _run(q, k, v, g, beta, initial_state, *, scale, impl, chunk_size, delta):
+@functools.partial(jax.jit, static_argnames=("scale", "impl", "chunk_size", "delta", "precision"))
+def _run(q, k, v, g, beta, initial_state, *, scale, impl, chunk_size, delta, precision):
     out_dtype = v.dtype
     q, k, v, g, beta, state, scale = _prepare(q, k, v, g, beta, initial_state, scale)
-    if impl == "recurrent":
-        o, state = _recurrent(q, k, v, g, beta, state, scale, delta=delta)
-    elif impl == "associative":
-        o, state = _associative(q, k, v, g, beta, state, scale)
+    if impl == "chunked":
+        o, state = _chunked(
+            q, k, v, g, beta, state, scale, chunk_size=chunk_size, delta=delta, precision=precision
+        )
     else:
-        o, state = _chunked(q, k, v, g, beta, state, scale, chunk_size=chunk_size, delta=delta)
+        # JAX differentiates these itself; a dot's transpose keeps the dot's precision.
+        with _precision_scope(precision):
+            if impl == "recurrent":
+                o, state = _recurrent(q, k, v, g, beta, state, scale, delta=delta)
+            else:
+                o, state = _associative(q, k, v, g, beta, state, scale)
     return o.astype(out_dtype), state
 
 
@@ -400,6 +441,7 @@ def gated_delta_rule(
     scale: float | None = None,
     impl: str = "chunked",
     chunk_size: int = 64,
+    precision: str | None = "highest",
 ) -> tuple[jax.Array, jax.Array]:
     """Gated delta rule over a sequence; returns ``(o, final_state)``.
 
@@ -412,14 +454,27 @@ def gated_delta_rule(
       scale: output scale; defaults to key ** -0.5.
       impl: "chunked" (default, WY chunked form) or "recurrent" (token scan, the oracle).
       chunk_size: tokens per chunk for impl="chunked"; any sequence length works.
+      precision: matmul precision of every dot inside: "highest" (default; full float32
+        on every backend), None (JAX's global default: TF32 on recent NVIDIA GPUs), or
+        another ``jax.lax.Precision`` name.
 
     Returns:
       o: [batch, time, heads, value] in v's dtype, and the final state
       [batch, heads, key, value] float32. Differentiable in every input.
     """
-    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, DELTA_IMPLS, chunk_size)
+    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, DELTA_IMPLS, chunk_size, precision)
     return _run(
-        q, k, v, g, beta, initial_state, scale=scale, impl=impl, chunk_size=chunk_size, delta=True
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state,
+        scale=scale,
+        impl=impl,
+        chunk_size=chunk_size,
+        delta=True,
+        precision=precision,
     )
 
 
@@ -434,15 +489,27 @@ def gated_linear_rule(
     scale: float | None = None,
     impl: str = "associative",
     chunk_size: int = 64,
+    precision: str | None = "highest",
 ) -> tuple[jax.Array, jax.Array]:
     """Gated linear (Hebbian) rule, the paper's eq. 3; returns ``(o, final_state)``.
 
     ``S_t = exp(g_t) S_{t-1} + beta_t k_t v_t^T``, ``o_t = scale * S_t^T q_t``. Same
     shapes and conventions as :func:`gated_delta_rule`. ``impl`` is "associative"
     (``lax.associative_scan``; memory grows as time x key x value), "recurrent", or
-    "chunked" (the delta rule's chunked form without the triangular solve).
+    "chunked" (the delta rule's chunked form without the triangular solve). ``precision``
+    as for :func:`gated_delta_rule`.
     """
-    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, LINEAR_IMPLS, chunk_size)
+    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, LINEAR_IMPLS, chunk_size, precision)
     return _run(
-        q, k, v, g, beta, initial_state, scale=scale, impl=impl, chunk_size=chunk_size, delta=False
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state,
+        scale=scale,
+        impl=impl,
+        chunk_size=chunk_size,
+        delta=False,
+        precision=precision,
     )

@@ -307,6 +307,7 @@ def _bad_inputs():
         ("impl_unknown_linear", "linear", dict(impl="scan"), ["impl", "scan"]),
         ("chunk_zero", "delta", dict(chunk_size=0), ["chunk_size", "0"]),
         ("chunk_negative", "linear", dict(chunk_size=-16), ["chunk_size", "-16"]),
+        ("precision_unknown", "delta", dict(precision="fp32"), ["precision", "fp32"]),
         (
             "state_shape",
             "delta",
@@ -443,3 +444,51 @@ def test_aligned_keys_chunk_not_multiple_of_16(chunk_size):
     g_rec, _ = _grad("delta", "recurrent", 64, cot, *args)
     for name, got, want in zip(_ARG_NAMES, grads, g_rec, strict=True):
         _assert_close(got, np.asarray(want), RTOL_F32, f"{what} d/d{name}")
+
+
+def _dot_precisions(jaxpr) -> list:
+    """The precision parameter of every dot_general in a jaxpr, sub-jaxprs included (scan
+    bodies, custom-VJP rules, pjit calls)."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(eqn.params["precision"])
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                sub = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds a Jaxpr
+                if hasattr(sub, "eqns"):
+                    found += _dot_precisions(sub)
+    return found
+
+
+_HIGHEST = (jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGHEST)
+_DEFAULT = (jax.lax.Precision.DEFAULT, jax.lax.Precision.DEFAULT)
+
+
+@pytest.mark.parametrize(
+    "rule, impl", [("delta", "chunked"), ("delta", "recurrent"), ("linear", "associative")]
+)
+@pytest.mark.parametrize(
+    "precision, expected", [("highest", _HIGHEST), ("default", _DEFAULT), (None, None)]
+)
+def test_every_dot_forward_and_backward_has_the_precision(rule, impl, precision, expected):
+    """Full float32 by default on every backend: JAX's own default for float32 dots is TF32
+    on recent NVIDIA GPUs and one bfloat16 pass on TPU, which CPU tests cannot see. The
+    hand-written backward is traced after the forward, so it is checked separately."""
+    x = _make_inputs(0, 20, "weak")
+    args = tuple(x[name] for name in _ARG_NAMES)
+    kwargs = dict(impl=impl, chunk_size=8, precision=precision)
+    if precision == "highest":
+        kwargs.pop("precision")  # the default
+
+    def loss(*args):
+        o, s = RULES[rule](*args[:5], initial_state=args[5], **kwargs)
+        return jnp.sum(o) + jnp.sum(s)
+
+    if precision is None:  # JAX's global setting (JAX_DEFAULT_MATMUL_PRECISION), whatever it is
+        eye = jnp.eye(2)
+        (expected,) = set(_dot_precisions(jax.make_jaxpr(lambda a: a @ a)(eye).jaxpr))
+    forward = _dot_precisions(jax.make_jaxpr(loss)(*args).jaxpr)
+    both = _dot_precisions(jax.make_jaxpr(jax.grad(loss, argnums=range(6)))(*args).jaxpr)
+    assert forward and len(both) > len(forward)  # the backward's dots are in there
+    assert set(both) == {expected}, set(both)
