@@ -25,6 +25,7 @@ from ml_collections import config_dict
 
 from sleep_lm import parallel, sleep
 from sleep_lm.model.config import DTYPES, GDN_IMPLS, LAYER_KINDS, POSITIONS, RULES, ModelConfig
+from sleep_lm.ops import PRECISIONS
 from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES, split_patterns
 
 _MISSING = object()
@@ -95,6 +96,7 @@ def _validate_model(config) -> None:
     _int(config, "model.conv_size", 1)
     _choice(config, "model.gdn_impl", GDN_IMPLS)
     _int(config, "model.chunk_size", 1)
+    _choice(config, "model.gdn_precision", PRECISIONS)
     _choice(config, "model.dtype", DTYPES)
     _choice(config, "model.positions", POSITIONS)
     try:

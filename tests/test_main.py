@@ -66,6 +66,7 @@ def test_config_arguments():
         ("model.rule", "hebb", "config.model.rule must be one of 'delta', 'linear'"),
         ("model.gdn_impl", "fast", "config.model.gdn_impl must be one of"),
         ("model.positions", "alibi", "config.model.positions must be one of"),
+        ("model.gdn_precision", "fp32", "config.model.gdn_precision must be one of 'highest'"),
         ("model.gdn_impl", "associative", "config.model.gdn_impl"),  # delta needs chunked/rec.
         ("train.batch_size", 0, "config.train.batch_size must be >= 1 (got 0)"),
         ("train.steps", 0, "config.train.steps must be >= 1 (got 0)"),

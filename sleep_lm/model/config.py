@@ -6,6 +6,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from sleep_lm.ops import PRECISIONS
+
 LAYER_KINDS = ("attn", "gdn")
 RULES = ("delta", "linear")
 POSITIONS = ("learned", "none", "rope")
@@ -31,6 +33,10 @@ class ModelConfig:
         attention and GDN queries and keys).
       gdn_impl: ops implementation ("chunked" | "recurrent"; "associative" for linear only).
       chunk_size: chunk length for gdn_impl="chunked".
+      gdn_precision: matmul precision inside the GDN op (ops' ``precision=``): "highest"
+        (full float32 on every backend: the fast weights accumulate over every window and
+        sleep pass) or a faster ``jax.lax.Precision`` name such as "default" (TF32 on recent
+        NVIDIA GPUs, one bfloat16 pass on TPU; no difference on CPU).
       dtype: compute dtype name; parameters and fast weights are always float32.
     """
 
@@ -43,6 +49,7 @@ class ModelConfig:
     positions: str = "learned"
     gdn_impl: str = "chunked"
     chunk_size: int = 64
+    gdn_precision: str = "highest"
     dtype: str = "float32"
 
     def __post_init__(self):
@@ -64,6 +71,7 @@ class ModelConfig:
             ("rule", RULES),
             ("positions", POSITIONS),
             ("gdn_impl", GDN_IMPLS),
+            ("gdn_precision", PRECISIONS),
             ("dtype", DTYPES),
         ):
             if getattr(self, field) not in allowed:

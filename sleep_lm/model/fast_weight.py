@@ -122,6 +122,7 @@ class GatedDeltaNet(nn.Module):
             initial_state=state.fast_weights,
             impl=cfg.gdn_impl,
             chunk_size=cfg.chunk_size,
+            precision=cfg.gdn_precision,
         )
 
         o = nn.RMSNorm(epsilon=1e-6, dtype=cfg.compute_dtype, name="head_norm")(o)

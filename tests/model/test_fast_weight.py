@@ -76,3 +76,14 @@ def test_linear_rule_switch_calls_gated_linear_rule(layer, monkeypatch, jit):
     y_delta, s_delta = jit(GatedDeltaNet(CFG).apply)(params, x, _zero_state(CFG), jnp.arange(6))
     assert calls == ["recurrent"]  # the delta layer does not use the linear rule
     assert not np.allclose(s_lin.fast_weights, s_delta.fast_weights, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision, highest_dots", [("highest", True), ("default", False)])
+def test_gdn_precision_reaches_the_op(layer, precision, highest_dots):
+    """model.gdn_precision is the op's precision=: HIGHEST dots appear only with "highest"
+    (the layer's projections keep JAX's default, so nothing else is traced at HIGHEST)."""
+    _, params, x = layer
+    cfg = ModelConfig(**{**CFG.__dict__, "gdn_precision": precision})
+    apply = GatedDeltaNet(cfg).apply
+    jaxpr = jax.make_jaxpr(apply)(params, x, _zero_state(CFG), jnp.arange(6))
+    assert ("Precision.HIGHEST" in str(jaxpr)) is highest_dots

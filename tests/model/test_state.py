@@ -78,6 +78,7 @@ def test_config_parses_layers_and_defaults():
         ({"rule": "hebb"}, "model.rule"),
         ({"positions": "alibi"}, "model.positions"),
         ({"dtype": "float16"}, "model.dtype"),
+        ({"gdn_precision": "fp32"}, "model.gdn_precision"),
         ({"gdn_impl": "associative"}, "model.gdn_impl"),  # associative exists for linear only
         ({"width": 0}, "model.width"),
     ],
