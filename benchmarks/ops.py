@@ -36,12 +36,15 @@ size). GFLOP/s = these counts / measured time: a measure of useful work, compara
 impls, not of what the implementation actually executes (e.g. recomputation in a custom
 VJP, or the power-series inverse in place of a triangular solve, is not counted).
 
-Accuracy (columns "err o", "err S"): each impl's forward at the default matmul precision
-against the recurrent scan on the same inputs cast to float32 at precision "highest",
-as max |x - x_ref| / max |x_ref| for the outputs and the final state. On CPU float32 dots
-are exact float32; on Ampere and later NVIDIA GPUs JAX's default computes them in TF32, on
-TPU in bfloat16 passes, so these columns show what that costs (set
-JAX_DEFAULT_MATMUL_PRECISION=highest for full float32 everywhere). Outputs come back in
+Precision (column "prec", the ops' ``precision=``): the library's default "highest" makes
+every dot full float32 on every backend; "default" is the backend's own float32 dot (TF32
+on Ampere and later NVIDIA GPUs, one bfloat16 pass on TPU, float32 on CPU), faster and
+less exact. The chunked impl is timed at each of --precisions (on an accelerator
+highest and default), the recurrent baseline at the first.
+
+Accuracy (columns "err o", "err S"): each row's forward against the recurrent scan on the
+same inputs cast to float32 at precision "highest", as max |x - x_ref| / max |x_ref| for
+the outputs and the final state. Outputs come back in
 the input dtype, so with bfloat16 inputs "err o" includes o's own rounding (~3e-3).
 
 The machine's matmul rate is measured in the same run: a batched matmul of the chunked
@@ -140,9 +143,19 @@ def make_inputs(shape, dtype, seed=0):
     return (q, k, v, g, beta, s0), (do, ds)
 
 
-def make_fns(rule_fn, impl: str, chunk_size: int):
+def make_fns(rule_fn, impl: str, chunk_size: int, precision="highest"):
     def fwd(q, k, v, g, beta, s0):
-        return rule_fn(q, k, v, g, beta, initial_state=s0, impl=impl, chunk_size=chunk_size)
+        return rule_fn(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            initial_state=s0,
+            impl=impl,
+            chunk_size=chunk_size,
+            precision=precision,
+        )
 
     def loss(q, k, v, g, beta, s0, do, ds):
         o, s = fwd(q, k, v, g, beta, s0)
@@ -163,9 +176,8 @@ def reference(rule: str, shape, dtype):
     """
     inputs, _ = make_inputs(shape, dtype)
     inputs = [x.astype(jnp.float32) for x in inputs]
-    with jax.default_matmul_precision("highest"):
-        fwd, _ = make_fns(rule_fn_of(rule), "recurrent", 64)
-        o, s = fwd(*inputs)
+    fwd, _ = make_fns(rule_fn_of(rule), "recurrent", 64, precision="highest")
+    o, s = fwd(*inputs)
     return jax.device_get(o), jax.device_get(s)
 
 
@@ -176,16 +188,25 @@ def max_rel_error(x, ref) -> float:
     return float(np.max(np.abs(x - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
-def bench_one(rule: str, impl: str, chunk_size, shape, dtype, repeats: int, ref=None) -> dict:
+def bench_one(
+    rule: str, impl: str, chunk_size, precision, shape, dtype, repeats: int, ref=None
+) -> dict:
     rule_fn = rule_fn_of(rule)
     delta = rule == "delta"
     inputs, cots = make_inputs(shape, dtype)
-    fwd, grad = make_fns(rule_fn, impl, chunk_size or 64)
+    fwd, grad = make_fns(rule_fn, impl, chunk_size or 64, precision)
     if impl == "chunked":
         flops = chunked_flops(shape, chunk_size, delta)
     else:
         flops = recurrent_flops(shape, delta)
-    row = dict(rule=rule, impl=impl, chunk_size=chunk_size, shape=list(shape), flops_fwd=flops)
+    row = dict(
+        rule=rule,
+        impl=impl,
+        chunk_size=chunk_size,
+        precision=precision,
+        shape=list(shape),
+        flops_fwd=flops,
+    )
     for name, fn, args, mult in (("fwd", fwd, inputs, 1), ("fwdbwd", grad, inputs + cots, 3)):
         try:
             compile_s, ms = time_fn(fn, args, repeats)
@@ -199,8 +220,7 @@ def bench_one(rule: str, impl: str, chunk_size, shape, dtype, repeats: int, ref=
         row[f"{name}_compile_s"] = compile_s
         row[f"{name}_gflops"] = mult * flops / (ms * 1e-3) / 1e9
     if ref is not None and row.get("fwd_ms") is not None:
-        # Accuracy at the default matmul precision (TF32 for float32 dots on recent NVIDIA
-        # GPUs, bfloat16 passes on TPU) against the float32 "highest" recurrent oracle.
+        # Accuracy at this precision against the float32 "highest" recurrent oracle.
         o, s = jax.device_get(fwd(*inputs))
         row["err_o"], row["err_state"] = max_rel_error(o, ref[0]), max_rel_error(s, ref[1])
     return row
@@ -229,6 +249,20 @@ def parse_ints(text: str):
     return values
 
 
+def parse_precisions(text: str):
+    values = []
+    for name in (x.strip() for x in text.split(",") if x.strip()):
+        value = None if name.lower() == "none" else name
+        try:
+            ops.check_precision(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected precision names, got {text!r}")
+    return values
+
+
 def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
@@ -241,6 +275,13 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", type=parse_shapes, help="e.g. 2x2048x4x64,512x24x4x64")
     parser.add_argument("--chunk_sizes", type=parse_ints, help="e.g. 16,32,64")
     parser.add_argument("--repeats", type=int, help="timed calls per function (min is kept)")
+    parser.add_argument(
+        "--precisions",
+        type=parse_precisions,
+        help='the ops\' precision= values to time the chunked impl at, e.g. "highest,default" '
+        '("none": JAX\'s global default). Default: highest on CPU (where float32 dots are '
+        "exact anyway), highest,default on an accelerator",
+    )
     args = parser.parse_args(argv)
 
     backend = jax.default_backend()
@@ -250,11 +291,13 @@ def main(argv=None) -> int:
     shapes = args.shapes or (ACCEL_SHAPES if accel else CPU_SHAPES)
     chunk_sizes = args.chunk_sizes or ([64] if args.quick else [16, 32, 64])
     repeats = args.repeats or (3 if args.quick else (20 if accel else 5))
+    precisions = args.precisions or (["highest", "default"] if accel else ["highest"])
     meta = dict(
         **machine.facts(),
         jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
         dtype=dtype_name,
         repeats=repeats,
+        precisions=precisions,
         quick=args.quick,
     )
     print(
@@ -277,27 +320,30 @@ def main(argv=None) -> int:
             f"[{b * h}, {t}, {d}]@[., {d}, {d}] {mm_large:.1f} GFLOP/s ({dtype_name})"
         )
         print(
-            f"{'rule':6} {'impl':11} {'chunk':>5} {'fwd ms':>9} {'f+b ms':>9} "
+            f"{'rule':6} {'impl':11} {'chunk':>5} {'prec':>7} {'fwd ms':>9} {'f+b ms':>9} "
             f"{'fwd/rec':>15} {'f+b/rec':>15} {'fwd GF/s':>9} {'f+b GF/s':>9} "
             f"{'compile s':>9} {'err o':>8} {'err S':>8}"
         )
         # The linear rule at the first shape only (it shares the chunked machinery).
         rules = ["delta", "linear"] if si == 0 else ["delta"]
         for rule in rules:
-            plan = [("recurrent", None)] + [("chunked", c) for c in chunk_sizes]
+            # The recurrent baseline and the associative form at the first precision only.
+            first = precisions[0]
+            chunked = [("chunked", c, p) for p in precisions for c in chunk_sizes]
+            plan = [("recurrent", None, first)] + chunked
             skipped = None
             if rule == "linear":
                 if args.quick:
                     plan = plan[:2]
                 assoc_bytes = b * t * h * d * d * 4
                 if assoc_bytes <= ASSOC_LIMIT["accel" if accel else "cpu"]:
-                    plan.append(("associative", None))
+                    plan.append(("associative", None, first))
                 else:
                     skipped = f"{assoc_bytes / 2**20:.0f} MiB of states"
             base = None
             ref = reference(rule, shape, dtype)
-            for impl, chunk in plan:
-                row = bench_one(rule, impl, chunk, shape, dtype, repeats, ref)
+            for impl, chunk, precision in plan:
+                row = bench_one(rule, impl, chunk, precision, shape, dtype, repeats, ref)
                 row["dtype"] = dtype_name
                 if impl == "recurrent":
                     base = row
@@ -315,6 +361,7 @@ def main(argv=None) -> int:
                 )
                 print(
                     f"{rule:6} {impl:11} {fmt(chunk, '>5') if chunk else '-':>5} "
+                    f"{str(precision).lower():>7} "
                     f"{row.get('fwd_error') or fmt(row['fwd_ms'], '.2f'):>9} "
                     f"{row.get('fwdbwd_error') or fmt(row['fwdbwd_ms'], '.2f'):>9} "
                     f"{cells['fwd']:>15} {cells['fwdbwd']:>15} "
