@@ -23,7 +23,9 @@
 #             fla's chunk_gated_delta_rule, bf16, batch 512, N = 1, 2, 4 (+ a loss
 #             cross-check against sleep_lm on the same parameters)
 #   train     benchmarks/train_throughput.py --settings rule110: the JAX trainer's step, same
-#             setting, N = 1, 2, 4, remat none and pass (issue 5's goal: >= 5x torch)
+#             setting, N = 1, 2, 4, remat none and pass (issue 5's goal: >= 5x torch); the
+#             first configuration is also profiled (kernels per step, GPU busy time, top
+#             kernels) and its compiled program saved (train_rule110_hlo.txt.gz)
 #   ops       benchmarks/ops.py --chunk_sizes 64: the GDN kernels alone at precision
 #             "highest" and "default" (TF32), each with its error against a float32 oracle
 #             (issue 2's goal: within 2x of fla)
@@ -125,7 +127,8 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false run torch 140 \
   "$PY" benchmarks/torch_rule110.py --passes "$PASSES" --batch "${TORCH_BATCH:-512}" \
   --crosscheck $QUICK --out "$OUT_DIR/torch_rule110.json"
 run train 230 "$PY" benchmarks/train_throughput.py --settings rule110 --passes "$PASSES" \
-  --remats "${TRAIN_REMATS:-none,pass}" $QUICK --out "$OUT_DIR/train_rule110.json"
+  --remats "${TRAIN_REMATS:-none,pass}" --profile --hlo_out "$OUT_DIR/train_rule110_hlo.txt.gz" \
+  $QUICK --out "$OUT_DIR/train_rule110.json"
 run ops 150 "$PY" benchmarks/ops.py --chunk_sizes 64 $QUICK --out "$OUT_DIR/ops.json"
 
 # Part 2. The ops tests on this GPU, at the ops' default precision="highest" (full float32

@@ -1,9 +1,13 @@
 """Machine facts and memory readings recorded next to every benchmark result (shared by the
 scripts here)."""
 
+import collections
+import glob
+import gzip
 import json
 import os
 import platform
+import tempfile
 from datetime import UTC, datetime
 
 import jax
@@ -74,3 +78,64 @@ def write_json(path, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
         f.write("\n")
+
+
+def profile(run, steps: int = 3, top: int = 25) -> dict:
+    """Where the time of `run()` goes: a ``jax.profiler`` trace of `steps` calls, summarised.
+
+    For each traced device ("/device:GPU:0", ...; on CPU, the XLA:CPU worker threads of
+    "/host:CPU") the ops per step, the busy time per step (sum of op durations: next to the
+    step time it shows how much of the step the device idles, e.g. between small kernel
+    launches) and the `top` ops by time. `run` must block until its work is done.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        with jax.profiler.trace(tmp, create_perfetto_trace=True):
+            for _ in range(steps):
+                run()
+        files = sorted(glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True))
+        if not files:
+            return {"error": "the profiler wrote no perfetto trace"}
+        with gzip.open(files[-1]) as f:
+            events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    names = {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") in ("process_name", "thread_name"):
+            names[(e.get("pid"), e.get("tid") if e["name"] == "thread_name" else None)] = e[
+                "args"
+            ].get("name", "")
+    devices = {pid for (pid, tid), name in names.items() if tid is None and "/device:" in name}
+
+    def lane(e):
+        """The summary an op event belongs to, or None (host-side Python and runtime)."""
+        pid, name = e.get("pid"), e.get("name", "")
+        if pid in devices:
+            return names[(pid, None)]
+        thread = names.get((pid, e.get("tid")), "")
+        # On CPU: the XLA ops on the worker threads, without the runtime's own entries
+        # (ThunkExecutor::Execute, SlinkyThreadPool::Await, Python frames "$...").
+        if devices or "XLAEigen" not in thread or name.startswith("$") or "::" in name:
+            return None
+        return "/host:CPU (XLA:CPU worker threads)"
+
+    durations = collections.defaultdict(collections.Counter)
+    counts = collections.defaultdict(collections.Counter)
+    for e in events:
+        if e.get("ph") == "X" and (key := lane(e)) is not None:
+            durations[key][e["name"]] += e.get("dur", 0)
+            counts[key][e["name"]] += 1
+    summary = {}
+    for key, per_op in durations.items():
+        summary[key] = dict(
+            ops_per_step=sum(counts[key].values()) / steps,
+            busy_ms_per_step=sum(per_op.values()) / steps / 1e3,
+            top=[
+                dict(
+                    name=name[:200],
+                    ms_per_step=us / steps / 1e3,
+                    per_step=counts[key][name] / steps,
+                )
+                for name, us in per_op.most_common(top)
+            ],
+        )
+    return summary

@@ -380,8 +380,8 @@ def main(argv=None) -> int:
         "\nfwd/rec, f+b/rec: time of the impl / time of the recurrent scan (speedup in "
         "parentheses). GF/s: analytic flops (see the module docstring) / time; fwd+bwd "
         "counted as 3x fwd. compile s: first call of fwd / fwd+bwd. err o, err S: "
-        "max |x - x_ref| / max |x_ref| of the outputs and the final state at the default "
-        "matmul precision, x_ref from the recurrent scan on the same inputs in float32 "
+        "max |x - x_ref| / max |x_ref| of the outputs and the final state at the row's "
+        "precision (prec), x_ref from the recurrent scan on the same inputs in float32 "
         'at precision "highest".'
     )
     if args.out:

@@ -30,12 +30,17 @@ the device's ``peak_bytes_in_use`` where the backend reports it (a process high-
 it only grows from one configuration to the next).
 
 --quick (CPU smoke run): rule110 at batch 8, N in 1, 2, remat "pass", 2 timed steps.
+
+--profile: the first configuration run is also traced for 3 steps (``machine.profile``):
+ops (kernels) per step, busy time per step and the top ops, per device, printed and in its
+JSON row. --hlo_out FILE.gz: that configuration's compiled program, as text.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import statistics
 import sys
 import time
@@ -130,7 +135,10 @@ def _is_oom(err: BaseException) -> bool:
     return "resource_exhausted" in text or "out of memory" in text
 
 
-def bench(setting: Setting, passes: int, remat: str, args, params) -> dict:
+def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False) -> dict:
+    """One configuration's row. With `inspect` (the first configuration run), also
+    --hlo_out (the compiled program's text, gzipped) and --profile (machine.profile of
+    3 steps, in the row under "profile")."""
     config = setting.config
     config.sleep.passes = passes
     config.sleep.remat = remat
@@ -161,6 +169,9 @@ def bench(setting: Setting, passes: int, remat: str, args, params) -> dict:
         return dict(row, error="OOM at compile")
     row["compile_s"] = time.perf_counter() - t0
     row["compiled_bytes"] = machine.compiled_bytes(compiled)
+    if inspect and args.hlo_out:
+        with gzip.open(args.hlo_out, "wt") as f:
+            f.write(compiled.as_text())
     limit = args.max_gib * 2**30 if args.max_gib else None
     if limit and row["compiled_bytes"] and row["compiled_bytes"] > limit:
         return dict(row, error=f"skipped: needs {row['compiled_bytes'] / 2**30:.1f} GiB")
@@ -178,6 +189,15 @@ def bench(setting: Setting, passes: int, remat: str, args, params) -> dict:
             raise
         return dict(row, error="OOM at run")
     step_s = statistics.median(times)
+    if inspect and args.profile:
+        holder = [state]
+
+        def run():
+            holder[0], out = compiled(holder[0], batches[0])
+            jax.block_until_ready(out)
+
+        row["profile"] = machine.profile(run, steps=3)
+        state = holder[0]
     row.update(
         step_ms=step_s * 1e3,
         step_min_ms=min(times) * 1e3,
@@ -211,6 +231,15 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
     parser.add_argument("--repeats", type=int, help="timed steps (median reported)")
     parser.add_argument("--max_gib", type=float, help="skip configs whose program needs more")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile 3 steps of the first configuration (jax.profiler): ops per step, busy "
+        "time and the top ops per device, printed and in its JSON row",
+    )
+    parser.add_argument(
+        "--hlo_out", help="write the first configuration's compiled program (text) here, gzipped"
+    )
     parser.add_argument("--large_width", type=int, default=1024)
     parser.add_argument("--large_heads", type=int, default=8)
     parser.add_argument("--large_layers", type=int, default=8, help="even: attn,gdn pairs")
@@ -270,7 +299,7 @@ def main(argv=None) -> int:
         )
         for n in passes:
             for remat in remats:
-                row = bench(setting, n, remat, args, params)
+                row = bench(setting, n, remat, args, params, inspect=not rows)
                 rows.append(row)
                 if args.out:
                     machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
@@ -283,6 +312,18 @@ def main(argv=None) -> int:
                         flush=True,
                     )
                     continue
+                for lane, prof in row.get("profile", {}).items():
+                    print(
+                        f"    profile of this configuration, {lane}: "
+                        f"{prof.get('ops_per_step', 0):,.0f} ops and "
+                        f"{prof.get('busy_ms_per_step', 0):.1f} ms busy per step; top ops:",
+                        flush=True,
+                    )
+                    for op in prof.get("top", [])[:10]:
+                        print(
+                            f"      {op['ms_per_step']:8.2f} ms {op['per_step']:6.0f}x  "
+                            f"{op['name'][:90]}"
+                        )
                 print(
                     f"{n:>3} {remat:>6} {row['step_ms']:>9.1f} {row['tokens_per_s']:>11,.0f} "
                     f"{gib(row['compiled_bytes']):>12} {gib(row['device_peak_bytes']):>13} "
