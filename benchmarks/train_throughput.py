@@ -297,8 +297,10 @@ def main(argv=None) -> int:
             f"{'dev peak GiB':>13} {'compile s':>10}  note",
             flush=True,
         )
-        for n in passes:
-            for remat in remats:
+        # Every N at the first remat mode before any at the second: a run stopped at a time
+        # limit (gpu.sh) then has the whole N sweep for at least one mode.
+        for remat in remats:
+            for n in passes:
                 row = bench(setting, n, remat, args, params, inspect=not rows)
                 rows.append(row)
                 if args.out:
