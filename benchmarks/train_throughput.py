@@ -31,9 +31,10 @@ it only grows from one configuration to the next).
 
 --quick (CPU smoke run): rule110 at batch 8, N in 1, 2, remat "pass", 2 timed steps.
 
---profile: the first configuration run is also traced for 3 steps (``machine.profile``):
-ops (kernels) per step, busy time per step and the top ops, per device, printed and in its
-JSON row. --hlo_out FILE.gz: that configuration's compiled program, as text.
+--profile: the first configuration run is traced for 3 more steps (``machine.profile``)
+once every configuration has been timed: ops (kernels) per step, busy time per step and the
+top ops, per device, printed and in its JSON row. --hlo_out FILE.gz: that configuration's
+compiled program, as text.
 """
 
 from __future__ import annotations
@@ -135,10 +136,11 @@ def _is_oom(err: BaseException) -> bool:
     return "resource_exhausted" in text or "out of memory" in text
 
 
-def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False) -> dict:
-    """One configuration's row. With `inspect` (the first configuration run), also
-    --hlo_out (the compiled program's text, gzipped) and --profile (machine.profile of
-    3 steps, in the row under "profile")."""
+def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False):
+    """(row, profile) for one configuration. With `inspect` (the first configuration run),
+    --hlo_out writes the compiled program's text, gzipped, and with --profile `profile` is
+    a function that traces 3 more steps (machine.profile), called after every configuration
+    has been timed: a profiler that fails or hangs then costs only the profile. Else None."""
     config = setting.config
     config.sleep.passes = passes
     config.sleep.remat = remat
@@ -166,7 +168,7 @@ def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False
     except Exception as err:  # noqa: BLE001 -- only out-of-memory is tolerated
         if not _is_oom(err):
             raise
-        return dict(row, error="OOM at compile")
+        return dict(row, error="OOM at compile"), None
     row["compile_s"] = time.perf_counter() - t0
     row["compiled_bytes"] = machine.compiled_bytes(compiled)
     if inspect and args.hlo_out:
@@ -174,7 +176,7 @@ def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False
             f.write(compiled.as_text())
     limit = args.max_gib * 2**30 if args.max_gib else None
     if limit and row["compiled_bytes"] and row["compiled_bytes"] > limit:
-        return dict(row, error=f"skipped: needs {row['compiled_bytes'] / 2**30:.1f} GiB")
+        return dict(row, error=f"skipped: needs {row['compiled_bytes'] / 2**30:.1f} GiB"), None
     times = []
     try:
         batches = [setting.make_batch(setting.batch_size) for _ in range(2)]
@@ -187,8 +189,9 @@ def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False
     except Exception as err:  # noqa: BLE001
         if not _is_oom(err):
             raise
-        return dict(row, error="OOM at run")
+        return dict(row, error="OOM at run"), None
     step_s = statistics.median(times)
+    profile = None
     if inspect and args.profile:
         holder = [state]
 
@@ -196,8 +199,12 @@ def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False
             holder[0], out = compiled(holder[0], batches[0])
             jax.block_until_ready(out)
 
-        row["profile"] = machine.profile(run, steps=3)
-        state = holder[0]
+        def profile():
+            try:
+                return machine.profile(run, steps=3)
+            except Exception as err:  # noqa: BLE001 -- a profile is optional
+                return {"error": f"{type(err).__name__}: {err}"[:500]}
+
     row.update(
         step_ms=step_s * 1e3,
         step_min_ms=min(times) * 1e3,
@@ -206,7 +213,7 @@ def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False
         finite=bool(metrics["finite"]),
         device_peak_bytes=machine.device_peak(),
     )
-    return row
+    return row, profile
 
 
 def parse_list(kind):
@@ -299,13 +306,16 @@ def main(argv=None) -> int:
         )
         # Every N at the first remat mode before any at the second: a run stopped at a time
         # limit (gpu.sh) then has the whole N sweep for at least one mode.
+        gib = lambda x: "-" if x is None else f"{x / 2**30:.2f}"
+        profiled = None
         for remat in remats:
             for n in passes:
-                row = bench(setting, n, remat, args, params, inspect=not rows)
+                row, profile = bench(setting, n, remat, args, params, inspect=not rows)
                 rows.append(row)
+                if profile is not None:
+                    profiled = (row, profile)
                 if args.out:
                     machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
-                gib = lambda x: "-" if x is None else f"{x / 2**30:.2f}"
                 if "error" in row:
                     print(
                         f"{n:>3} {remat:>6} {'-':>9} {'-':>11} "
@@ -314,24 +324,33 @@ def main(argv=None) -> int:
                         flush=True,
                     )
                     continue
-                for lane, prof in row.get("profile", {}).items():
-                    print(
-                        f"    profile of this configuration, {lane}: "
-                        f"{prof.get('ops_per_step', 0):,.0f} ops and "
-                        f"{prof.get('busy_ms_per_step', 0):.1f} ms busy per step; top ops:",
-                        flush=True,
-                    )
-                    for op in prof.get("top", [])[:10]:
-                        print(
-                            f"      {op['ms_per_step']:8.2f} ms {op['per_step']:6.0f}x  "
-                            f"{op['name'][:90]}"
-                        )
                 print(
                     f"{n:>3} {remat:>6} {row['step_ms']:>9.1f} {row['tokens_per_s']:>11,.0f} "
                     f"{gib(row['compiled_bytes']):>12} {gib(row['device_peak_bytes']):>13} "
                     f"{row['compile_s']:>10.1f}  {'' if row['finite'] else 'non-finite loss'}",
                     flush=True,
                 )
+        if profiled is not None:
+            row, profile = profiled
+            row["profile"] = profile()
+            print(f"\nprofile of N = {row['passes']}, remat {row['remat']} (3 steps):")
+            if "error" in row["profile"]:
+                print(f"  failed: {row['profile']['error']}")
+            for lane, prof in row["profile"].items():
+                if lane == "error":
+                    continue
+                print(
+                    f"  {lane}: {prof['ops_per_step']:,.0f} ops and "
+                    f"{prof['busy_ms_per_step']:.1f} ms busy per step "
+                    f"(step {row['step_ms']:.1f} ms); top ops:"
+                )
+                for op in prof["top"][:10]:
+                    print(
+                        f"    {op['ms_per_step']:8.2f} ms {op['per_step']:6.0f}x  {op['name'][:90]}"
+                    )
+            sys.stdout.flush()
+            if args.out:
+                machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
     print(
         "\nprogram GiB: XLA buffer assignment of the jitted step (arguments + outputs - "
         "donated + temporaries). dev peak: the device allocator's high-water mark so far."
