@@ -2,7 +2,7 @@
 # The performance suite on one GPU, JAX and PyTorch + fla side by side.
 #
 #   bash benchmarks/gpu.sh --part 1         # the goals: torch, train, ops (~9 min at most)
-#   bash benchmarks/gpu.sh --part 2         # the rest: check, wake, large, wake512 (~5.5 min)
+#   bash benchmarks/gpu.sh --part 2         # the rest: check, wake, large, wake512, cli (~7 min)
 #   bash benchmarks/gpu.sh                  # both parts in one go (~15 min; not in a lease)
 #   bash benchmarks/gpu.sh --out DIR        # write under DIR instead of $OUT
 #   bash benchmarks/gpu.sh --quick          # every script in its quick mode (a smoke run)
@@ -34,6 +34,8 @@
 #   wake      benchmarks/wake_sleep.py at batch 1: decode ms/token, sleep ms/window
 #   large     benchmarks/train_throughput.py --settings large: width 1024, 8 layers, L = 2048
 #   wake512   benchmarks/wake_sleep.py at batch 512
+#   cli       the README's smoke run through `python -m sleep_lm.main` on the GPU, 100 steps
+#             in bfloat16 (checkpoints, eval and resume as a user runs them)
 # Files written (at most 8, as the device tool brings back): gpu.log (environment and every
 # phase's output) and one file per phase.
 # Knobs (environment): PASSES (default 1,2,4), TRAIN_REMATS (none,pass), LARGE_REMATS (pass),
@@ -57,8 +59,8 @@ while [ $# -gt 0 ]; do
 done
 case "$PART" in
   1) PHASES="torch train ops" ;;
-  2) PHASES="check wake large wake512" ;;
-  all) PHASES="torch train ops check wake large wake512" ;;
+  2) PHASES="check wake large wake512 cli" ;;
+  all) PHASES="torch train ops check wake large wake512 cli" ;;
   *) echo "--part must be 1 or 2, got '$PART'; $usage" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT_DIR"
@@ -142,6 +144,10 @@ run large 120 "$PY" benchmarks/train_throughput.py --settings large --passes "$P
   $QUICK --out "$OUT_DIR/train_large.json"
 run wake512 50 "$PY" benchmarks/wake_sleep.py --passes "$PASSES" --batch 512 $QUICK \
   --out "$OUT_DIR/wake_sleep_b512.json"
+CLI_DIR="$(mktemp -d)"
+run cli 90 "$PY" -m sleep_lm.main --config=experiments/rule110.py:smoke --workdir="$CLI_DIR" \
+  --config.task.steps=0 --config.sleep.passes=2 --config.model.dtype=bfloat16 \
+  --config.train.steps=100 --config.train.eval_every=50 --config.train.checkpoint_every=50
 
 log "done; files in $OUT_DIR:"
 ls -la "$OUT_DIR" | tee -a "$LOG"
