@@ -28,7 +28,8 @@
 #             kernels) and its compiled program saved (train_rule110_hlo.txt.gz)
 #   ops       benchmarks/ops.py --chunk_sizes 64: the GDN kernels alone at precision
 #             "highest" and "default" (TF32), each with its error against a float32 oracle
-#             (issue 2's goal: within 2x of fla)
+#             (issue 2's goal: within 2x of fla); the chunked forward+backward profiled
+#             at each shape (kernels per call, busy time, top kernels)
 #   part 2
 #   check     tests/ops on the GPU: the kernels exact there (precision="highest")
 #   wake      benchmarks/wake_sleep.py at batch 1: decode ms/token, sleep ms/window
@@ -131,7 +132,7 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false run torch 140 \
 run train 230 "$PY" benchmarks/train_throughput.py --settings rule110 --passes "$PASSES" \
   --remats "${TRAIN_REMATS:-none,pass}" --profile --hlo_out "$OUT_DIR/train_rule110_hlo.txt.gz" \
   $QUICK --out "$OUT_DIR/train_rule110.json"
-run ops 150 "$PY" benchmarks/ops.py --chunk_sizes 64 $QUICK --out "$OUT_DIR/ops.json"
+run ops 150 "$PY" benchmarks/ops.py --chunk_sizes 64 --profile $QUICK --out "$OUT_DIR/ops.json"
 
 # Part 2. The ops tests on this GPU, at the ops' default precision="highest" (full float32
 # dots; JAX's own default here is TF32, whose error ops.py reports in its "default" rows).

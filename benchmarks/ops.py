@@ -189,7 +189,15 @@ def max_rel_error(x, ref) -> float:
 
 
 def bench_one(
-    rule: str, impl: str, chunk_size, precision, shape, dtype, repeats: int, ref=None
+    rule: str,
+    impl: str,
+    chunk_size,
+    precision,
+    shape,
+    dtype,
+    repeats: int,
+    ref=None,
+    profile=False,
 ) -> dict:
     rule_fn = rule_fn_of(rule)
     delta = rule == "delta"
@@ -223,6 +231,16 @@ def bench_one(
         # Accuracy at this precision against the float32 "highest" recurrent oracle.
         o, s = jax.device_get(fwd(*inputs))
         row["err_o"], row["err_state"] = max_rel_error(o, ref[0]), max_rel_error(s, ref[1])
+    if profile and row.get("fwdbwd_ms") is not None:
+        args = inputs + cots
+
+        def run():
+            jax.block_until_ready(grad(*args))
+
+        try:
+            row["profile_fwdbwd"] = machine.profile(run, steps=3)
+        except Exception as err:  # noqa: BLE001 -- a profile is optional
+            row["profile_fwdbwd"] = {"error": f"{type(err).__name__}: {err}"[:500]}
     return row
 
 
@@ -275,6 +293,12 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", type=parse_shapes, help="e.g. 2x2048x4x64,512x24x4x64")
     parser.add_argument("--chunk_sizes", type=parse_ints, help="e.g. 16,32,64")
     parser.add_argument("--repeats", type=int, help="timed calls per function (min is kept)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the chunked delta rule's forward+backward (first chunk size and "
+        "precision) at each shape: kernels per call, busy time, top kernels",
+    )
     parser.add_argument(
         "--precisions",
         type=parse_precisions,
@@ -343,7 +367,14 @@ def main(argv=None) -> int:
             base = None
             ref = reference(rule, shape, dtype)
             for impl, chunk, precision in plan:
-                row = bench_one(rule, impl, chunk, precision, shape, dtype, repeats, ref)
+                profile = (
+                    args.profile
+                    and rule == "delta"
+                    and (impl, chunk, precision) == ("chunked", chunk_sizes[0], first)
+                )
+                row = bench_one(
+                    rule, impl, chunk, precision, shape, dtype, repeats, ref, profile=profile
+                )
                 row["dtype"] = dtype_name
                 if impl == "recurrent":
                     base = row
@@ -370,6 +401,19 @@ def main(argv=None) -> int:
                     f"{fmt(row.get('err_state'), '.1e'):>8}",
                     flush=True,
                 )
+                for lane, prof in row.get("profile_fwdbwd", {}).items():
+                    if lane == "error":
+                        print(f"    profile failed: {prof}")
+                        continue
+                    print(
+                        f"    profile of this fwd+bwd, {lane}: {prof['ops_per_step']:,.0f} "
+                        f"ops and {prof['busy_ms_per_step']:.2f} ms busy per call; top:"
+                    )
+                    for op in prof["top"][:8]:
+                        print(
+                            f"      {op['ms_per_step']:8.3f} ms {op['per_step']:6.0f}x  "
+                            f"{op['name'][:90]}"
+                        )
                 rows.append(row)
                 if args.out:
                     result = dict(meta=meta, matmul_gflops=matmuls, rows=rows, complete=False)
