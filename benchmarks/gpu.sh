@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The performance suite on one GPU, JAX and PyTorch + fla side by side.
 #
-#   bash benchmarks/gpu.sh --part 1         # the goals: torch, train, ops (~9 min at most)
+#   bash benchmarks/gpu.sh --part 1         # the goals: torch, train, ops (~9.3 min at most)
 #   bash benchmarks/gpu.sh --part 2         # the rest: check, wake, large, wake512, cli (~7 min)
 #   bash benchmarks/gpu.sh                  # both parts in one go (~15 min; not in a lease)
 #   bash benchmarks/gpu.sh --out DIR        # write under DIR instead of $OUT
@@ -26,7 +26,7 @@
 #             setting, N = 1, 2, 4, remat none and pass (issue 5's goal: >= 5x torch); the
 #             first configuration is also profiled (kernels per step, GPU busy time, top
 #             kernels) and its compiled program saved (train_rule110_hlo.txt.gz)
-#   ops       benchmarks/ops.py --chunk_sizes 64: the GDN kernels alone at precision
+#   ops       benchmarks/ops.py --chunk_sizes 64,128: the GDN kernels alone at precision
 #             "highest" and "default" (TF32), each with its error against a float32 oracle
 #             (issue 2's goal: within 2x of fla); the chunked forward+backward profiled
 #             at each shape (kernels per call, busy time, top kernels)
@@ -132,7 +132,7 @@ XLA_PYTHON_CLIENT_PREALLOCATE=false run torch 140 \
 run train 230 "$PY" benchmarks/train_throughput.py --settings rule110 --passes "$PASSES" \
   --remats "${TRAIN_REMATS:-none,pass}" --profile --hlo_out "$OUT_DIR/train_rule110_hlo.txt.gz" \
   $QUICK --out "$OUT_DIR/train_rule110.json"
-run ops 150 "$PY" benchmarks/ops.py --chunk_sizes 64 --profile $QUICK --out "$OUT_DIR/ops.json"
+run ops 170 "$PY" benchmarks/ops.py --chunk_sizes 64,128 --profile $QUICK --out "$OUT_DIR/ops.json"
 
 # Part 2. The ops tests on this GPU, at the ops' default precision="highest" (full float32
 # dots; JAX's own default here is TF32, whose error ops.py reports in its "default" rows).
