@@ -39,8 +39,10 @@ VJP, or the power-series inverse in place of a triangular solve, is not counted)
 Precision (column "prec", the ops' ``precision=``): the library's default "highest" makes
 every dot full float32 on every backend; "default" is the backend's own float32 dot (TF32
 on Ampere and later NVIDIA GPUs, one bfloat16 pass on TPU, float32 on CPU), faster and
-less exact. The chunked impl is timed at each of --precisions (on an accelerator
-highest and default), the recurrent baseline at the first.
+less exact; "BF16_BF16_F32" rounds every dot's operands to bfloat16 and accumulates in
+float32 on GPU and TPU (computed in float32 on CPU). The chunked impl is timed at every
+chunk size at the first of --precisions and at the first chunk size at the others (on an
+accelerator: highest, default, BF16_BF16_F32); the recurrent baseline at the first.
 
 Accuracy (columns "err o", "err S"): each row's forward against the recurrent scan on the
 same inputs cast to float32 at precision "highest", as max |x - x_ref| / max |x_ref| for
@@ -315,7 +317,9 @@ def main(argv=None) -> int:
     shapes = args.shapes or (ACCEL_SHAPES if accel else CPU_SHAPES)
     chunk_sizes = args.chunk_sizes or ([64] if args.quick else [16, 32, 64])
     repeats = args.repeats or (3 if args.quick else (20 if accel else 5))
-    precisions = args.precisions or (["highest", "default"] if accel else ["highest"])
+    precisions = args.precisions or (
+        ["highest", "default", "BF16_BF16_F32"] if accel else ["highest"]
+    )
     meta = dict(
         **machine.facts(),
         jaxlib=getattr(jax.lib, "__version__", None) or _jaxlib_version(),
@@ -344,16 +348,19 @@ def main(argv=None) -> int:
             f"[{b * h}, {t}, {d}]@[., {d}, {d}] {mm_large:.1f} GFLOP/s ({dtype_name})"
         )
         print(
-            f"{'rule':6} {'impl':11} {'chunk':>5} {'prec':>7} {'fwd ms':>9} {'f+b ms':>9} "
+            f"{'rule':6} {'impl':11} {'chunk':>5} {'prec':>13} {'fwd ms':>9} {'f+b ms':>9} "
             f"{'fwd/rec':>15} {'f+b/rec':>15} {'fwd GF/s':>9} {'f+b GF/s':>9} "
             f"{'compile s':>9} {'err o':>8} {'err S':>8}"
         )
         # The linear rule at the first shape only (it shares the chunked machinery).
         rules = ["delta", "linear"] if si == 0 else ["delta"]
         for rule in rules:
-            # The recurrent baseline and the associative form at the first precision only.
+            # The recurrent baseline and the associative form at the first precision only;
+            # every chunk size at the first precision, the other precisions at the first
+            # chunk size.
             first = precisions[0]
-            chunked = [("chunked", c, p) for p in precisions for c in chunk_sizes]
+            chunked = [("chunked", c, first) for c in chunk_sizes]
+            chunked += [("chunked", chunk_sizes[0], p) for p in precisions[1:]]
             plan = [("recurrent", None, first)] + chunked
             skipped = None
             if rule == "linear":
@@ -392,7 +399,7 @@ def main(argv=None) -> int:
                 )
                 print(
                     f"{rule:6} {impl:11} {fmt(chunk, '>5') if chunk else '-':>5} "
-                    f"{str(precision).lower():>7} "
+                    f"{str(precision).lower():>13} "
                     f"{row.get('fwd_error') or fmt(row['fwd_ms'], '.2f'):>9} "
                     f"{row.get('fwdbwd_error') or fmt(row['fwdbwd_ms'], '.2f'):>9} "
                     f"{cells['fwd']:>15} {cells['fwdbwd']:>15} "

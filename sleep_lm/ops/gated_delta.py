@@ -62,8 +62,18 @@ LINEAR_IMPLS = ("chunked", "associative", "recurrent")
 _SOLVE_BLOCK = 16
 
 # Names `precision=` takes besides None (``jax.default_matmul_precision``'s; "float32" is
-# "highest", "tensorfloat32" is "high", "bfloat16" is "default").
-PRECISIONS = ("highest", "float32", "high", "tensorfloat32", "default", "bfloat16")
+# "highest", "tensorfloat32" is "high", "bfloat16" is "default"). "BF16_BF16_F32" is a dot
+# algorithm: operands rounded to bfloat16, float32 accumulation, on GPU and TPU (XLA:CPU
+# computes it in float32).
+PRECISIONS = (
+    "highest",
+    "float32",
+    "high",
+    "tensorfloat32",
+    "default",
+    "bfloat16",
+    "BF16_BF16_F32",
+)
 
 
 # ----------------------------------------------------------------------------- checks
