@@ -35,8 +35,8 @@ class ModelConfig:
       chunk_size: chunk length for gdn_impl="chunked".
       gdn_precision: matmul precision inside the GDN op (ops' ``precision=``): "highest"
         (full float32 on every backend: the fast weights accumulate over every window and
-        sleep pass) or a faster ``jax.lax.Precision`` name such as "default" (TF32 on recent
-        NVIDIA GPUs, one bfloat16 pass on TPU; no difference on CPU).
+        sleep pass) or a faster name of ops.PRECISIONS such as "default" (TF32 on recent
+        NVIDIA GPUs, one bfloat16 pass on TPU) or "BF16_BF16_F32"; no difference on CPU.
       dtype: compute dtype name; parameters and fast weights are always float32.
     """
 

@@ -39,8 +39,9 @@ sequence (and over sleep passes), where bfloat16 rounding would compound. That i
 matmuls: by default (``precision="highest"``) every dot is traced at
 ``jax.lax.Precision.HIGHEST``, because JAX's default precision for float32 dots is TF32 on
 Ampere and later NVIDIA GPUs and one bfloat16 pass on TPU. ``precision=None`` follows JAX's
-global setting (``jax_default_matmul_precision``); any ``jax.lax.Precision`` name
-("default", "high", "tensorfloat32", ...) trades accuracy for speed explicitly.
+global setting (``jax_default_matmul_precision``); the other names in PRECISIONS trade
+accuracy for speed explicitly: ``jax.lax.Precision`` names ("default", "high", ...) and the
+dot algorithm "BF16_BF16_F32" (bfloat16 operands, float32 accumulation).
 """
 
 from __future__ import annotations
@@ -466,7 +467,7 @@ def gated_delta_rule(
       chunk_size: tokens per chunk for impl="chunked"; any sequence length works.
       precision: matmul precision of every dot inside: "highest" (default; full float32
         on every backend), None (JAX's global default: TF32 on recent NVIDIA GPUs), or
-        another ``jax.lax.Precision`` name.
+        another name in PRECISIONS ("default", "tensorfloat32", "BF16_BF16_F32", ...).
 
     Returns:
       o: [batch, time, heads, value] in v's dtype, and the final state
