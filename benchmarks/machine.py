@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import platform
+import sys
 import tempfile
 from datetime import UTC, datetime
 
@@ -86,8 +87,33 @@ def profile(run, steps: int = 3, top: int = 25) -> dict:
     For each traced device ("/device:GPU:0", ...; on CPU, the XLA:CPU worker threads of
     "/host:CPU") the ops per step, the busy time per step (sum of op durations: next to the
     step time it shows how much of the step the device idles, e.g. between small kernel
-    launches) and the `top` ops by time. `run` must block until its work is done.
+    launches) and the `top` ops by time. `run` must block until its work is done. A profile
+    is optional: any failure comes back as {"error": ...} instead of raising.
     """
+    try:
+        return _profile(run, steps, top)
+    except Exception as err:  # noqa: BLE001
+        return {"error": f"{type(err).__name__}: {err}"[:500]}
+
+
+def print_profile(summary: dict, indent: str = "  ", top: int = 10) -> None:
+    """Prints a `profile` summary: per device, ops and busy ms per step, then the top ops."""
+    if "error" in summary:
+        print(f"{indent}profile failed: {summary['error']}")
+        return
+    for lane, prof in summary.items():
+        print(
+            f"{indent}{lane}: {prof['ops_per_step']:,.0f} ops and "
+            f"{prof['busy_ms_per_step']:.2f} ms busy per step; top ops:"
+        )
+        for op in prof["top"][:top]:
+            print(
+                f"{indent}  {op['ms_per_step']:8.3f} ms {op['per_step']:6.0f}x  {op['name'][:90]}"
+            )
+    sys.stdout.flush()
+
+
+def _profile(run, steps: int, top: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         with jax.profiler.trace(tmp, create_perfetto_trace=True):
             for _ in range(steps):

@@ -239,10 +239,7 @@ def bench_one(
         def run():
             jax.block_until_ready(grad(*args))
 
-        try:
-            row["profile_fwdbwd"] = machine.profile(run, steps=3)
-        except Exception as err:  # noqa: BLE001 -- a profile is optional
-            row["profile_fwdbwd"] = {"error": f"{type(err).__name__}: {err}"[:500]}
+        row["profile_fwdbwd"] = machine.profile(run, steps=3)
     return row
 
 
@@ -408,19 +405,9 @@ def main(argv=None) -> int:
                     f"{fmt(row.get('err_state'), '.1e'):>8}",
                     flush=True,
                 )
-                for lane, prof in row.get("profile_fwdbwd", {}).items():
-                    if lane == "error":
-                        print(f"    profile failed: {prof}")
-                        continue
-                    print(
-                        f"    profile of this fwd+bwd, {lane}: {prof['ops_per_step']:,.0f} "
-                        f"ops and {prof['busy_ms_per_step']:.2f} ms busy per call; top:"
-                    )
-                    for op in prof["top"][:8]:
-                        print(
-                            f"      {op['ms_per_step']:8.3f} ms {op['per_step']:6.0f}x  "
-                            f"{op['name'][:90]}"
-                        )
+                if "profile_fwdbwd" in row:
+                    print("    profile of this fwd+bwd (a step = one call):")
+                    machine.print_profile(row["profile_fwdbwd"], indent="      ", top=8)
                 rows.append(row)
                 if args.out:
                     result = dict(meta=meta, matmul_gflops=matmuls, rows=rows, complete=False)

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gzip
 import statistics
 import sys
@@ -199,11 +200,7 @@ def bench(setting: Setting, passes: int, remat: str, args, params, inspect=False
             holder[0], out = compiled(holder[0], batches[0])
             jax.block_until_ready(out)
 
-        def profile():
-            try:
-                return machine.profile(run, steps=3)
-            except Exception as err:  # noqa: BLE001 -- a profile is optional
-                return {"error": f"{type(err).__name__}: {err}"[:500]}
+        profile = functools.partial(machine.profile, run, steps=3)
 
     row.update(
         step_ms=step_s * 1e3,
@@ -333,22 +330,11 @@ def main(argv=None) -> int:
         if profiled is not None:
             row, profile = profiled
             row["profile"] = profile()
-            print(f"\nprofile of N = {row['passes']}, remat {row['remat']} (3 steps):")
-            if "error" in row["profile"]:
-                print(f"  failed: {row['profile']['error']}")
-            for lane, prof in row["profile"].items():
-                if lane == "error":
-                    continue
-                print(
-                    f"  {lane}: {prof['ops_per_step']:,.0f} ops and "
-                    f"{prof['busy_ms_per_step']:.1f} ms busy per step "
-                    f"(step {row['step_ms']:.1f} ms); top ops:"
-                )
-                for op in prof["top"][:10]:
-                    print(
-                        f"    {op['ms_per_step']:8.2f} ms {op['per_step']:6.0f}x  {op['name'][:90]}"
-                    )
-            sys.stdout.flush()
+            print(
+                f"\nprofile of N = {row['passes']}, remat {row['remat']} (3 steps; the step took "
+                f"{row['step_ms']:.1f} ms):"
+            )
+            machine.print_profile(row["profile"])
             if args.out:
                 machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
     print(

@@ -72,6 +72,18 @@ def spec_for(mask, **overrides):
     return sleep.SleepSpec.from_config(cfg, sleep.window_schedule(mask, L))
 
 
+def sleep_if_full_then_decode(model, params, spec, state, token):
+    """One token the way a server decodes (written here, not taken from generate): sleep
+    on the window if it is full, then one wake pass. Returns (logits, state)."""
+    state = jax.lax.cond(
+        inference.window_full(spec, state),
+        lambda s: inference.sleep(model, params, spec, s, length=L),
+        lambda s: s,
+        state,
+    )
+    return inference.decode_step(model, params, spec, state, token)
+
+
 def fast_weights(model_state):
     return [x.fast_weights for x in model_state.layers if isinstance(x, FastWeightState)]
 
@@ -175,13 +187,7 @@ def test_decode_token_by_token_equals_chunked_prefill(eviction, model, params, b
         init = inference.init_state(model, spec, 2)
 
         def step(state, token):
-            state = jax.lax.cond(
-                inference.window_full(spec, state),
-                lambda s: inference.sleep(model, params, spec, s, length=L),
-                lambda s: s,
-                state,
-            )
-            logits, state = inference.decode_step(model, params, spec, state, token)
+            logits, state = sleep_if_full_then_decode(model, params, spec, state, token)
             return state, logits
 
         decoded, logits = jax.lax.scan(step, init, tokens.T)
@@ -244,13 +250,7 @@ def test_generate_matches_a_decode_loop_and_session(model, params, batch):
         for _ in range(steps):
             token = jnp.argmax(logits, -1).astype(jnp.int32)
             tokens.append(token)
-            state = jax.lax.cond(
-                inference.window_full(spec, state),
-                lambda s: inference.sleep(model, params, spec, s, length=L),
-                lambda s: s,
-                state,
-            )
-            logits, state = inference.decode_step(model, params, spec, state, token)
+            logits, state = sleep_if_full_then_decode(model, params, spec, state, token)
         sampled = [
             inference.generate(
                 model, params, spec, greedy[2], greedy[1], jax.random.key(seed), steps=8,

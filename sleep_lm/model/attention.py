@@ -10,8 +10,6 @@ exactly its last window - 1 tokens visible.
 
 from __future__ import annotations
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -71,9 +69,7 @@ class Attention(nn.Module):
         cfg = self.config
         batch, time, _ = x.shape
         heads, dim = cfg.heads, cfg.head_dim
-        dense = functools.partial(
-            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        dense = cfg.dense
         split = lambda y: y.reshape(batch, time, heads, dim)
         q = split(dense(heads * dim, name="q_proj")(x))
         k = split(dense(heads * dim, name="k_proj")(x))

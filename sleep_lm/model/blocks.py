@@ -6,7 +6,6 @@ import functools
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from sleep_lm.model.attention import Attention
 from sleep_lm.model.config import ModelConfig
@@ -19,9 +18,7 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        dense = functools.partial(
-            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        dense = cfg.dense
         x = dense(cfg.mlp_ratio * cfg.width, name="up_proj")(x)
         return dense(cfg.width, name="down_proj")(nn.gelu(x))
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
+import flax.linen as nn
 import jax.numpy as jnp
 
 from sleep_lm.ops import PRECISIONS
@@ -86,6 +88,14 @@ class ModelConfig:
     @property
     def compute_dtype(self):
         return jnp.dtype(self.dtype)
+
+    @property
+    def dense(self):
+        """``nn.Dense`` as every projection of the model uses it: no bias, computing in the
+        compute dtype, float32 parameters. Call as ``cfg.dense(features, name=...)``."""
+        return functools.partial(
+            nn.Dense, use_bias=False, dtype=self.compute_dtype, param_dtype=jnp.float32
+        )
 
     @classmethod
     def from_config(cls, model_cfg) -> ModelConfig:

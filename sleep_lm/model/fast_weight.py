@@ -21,7 +21,6 @@ at a time) gives exactly the same outputs as running it whole.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -91,9 +90,7 @@ class GatedDeltaNet(nn.Module):
         cfg = self.config
         batch, time, _ = x.shape
         heads, dim = cfg.heads, cfg.head_dim
-        dense = functools.partial(
-            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        dense = cfg.dense
         qkv = jnp.concatenate(
             [dense(heads * dim, name=f"{n}_proj")(x) for n in ("q", "k", "v")], axis=-1
         )

@@ -441,6 +441,25 @@ def _run(q, k, v, g, beta, initial_state, *, scale, impl, chunk_size, delta, pre
     return o.astype(out_dtype), state
 
 
+def _checked_run(q, k, v, g, beta, initial_state, scale, impl, chunk_size, precision, *, delta):
+    """Both public rules: validate (before tracing), then the jitted `_run`."""
+    impls = DELTA_IMPLS if delta else LINEAR_IMPLS
+    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, impls, chunk_size, precision)
+    return _run(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state,
+        scale=scale,
+        impl=impl,
+        chunk_size=chunk_size,
+        delta=delta,
+        precision=precision,
+    )
+
+
 def gated_delta_rule(
     q: jax.Array,
     k: jax.Array,
@@ -473,20 +492,8 @@ def gated_delta_rule(
       o: [batch, time, heads, value] in v's dtype, and the final state
       [batch, heads, key, value] float32. Differentiable in every input.
     """
-    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, DELTA_IMPLS, chunk_size, precision)
-    return _run(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        initial_state,
-        scale=scale,
-        impl=impl,
-        chunk_size=chunk_size,
-        delta=True,
-        precision=precision,
-    )
+    args = (q, k, v, g, beta, initial_state, scale, impl, chunk_size, precision)
+    return _checked_run(*args, delta=True)
 
 
 def gated_linear_rule(
@@ -510,17 +517,5 @@ def gated_linear_rule(
     "chunked" (the delta rule's chunked form without the triangular solve). ``precision``
     as for :func:`gated_delta_rule`.
     """
-    _check_inputs(q, k, v, g, beta, initial_state, scale, impl, LINEAR_IMPLS, chunk_size, precision)
-    return _run(
-        q,
-        k,
-        v,
-        g,
-        beta,
-        initial_state,
-        scale=scale,
-        impl=impl,
-        chunk_size=chunk_size,
-        delta=False,
-        precision=precision,
-    )
+    args = (q, k, v, g, beta, initial_state, scale, impl, chunk_size, precision)
+    return _checked_run(*args, delta=False)
