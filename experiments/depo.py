@@ -87,6 +87,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.eval_size = 512
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
+    config.train.tensorboard = True  # event files in the workdir: tensorboard --logdir WORKDIR
 
     config.mesh = default_mesh_config()
 

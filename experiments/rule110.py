@@ -89,6 +89,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.eval_size = 2048
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
+    config.train.tensorboard = True  # event files in the workdir: tensorboard --logdir WORKDIR
 
     # Devices (launch/README.md): data=-1 = data parallel over all devices; fsdp, tensor.
     config.mesh = default_mesh_config()

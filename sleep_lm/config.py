@@ -153,6 +153,10 @@ def _validate_train(config) -> None:
     _float(config, "train.weight_decay", 0.0)
     for field in ("log_every", "eval_every", "eval_size", "checkpoint_every", "keep_checkpoints"):
         _int(config, f"train.{field}", 1)
+    # Optional (default on): TensorBoard event files in the workdir.
+    tensorboard = config.train.get("tensorboard", True)
+    if not isinstance(tensorboard, bool):
+        raise ConfigError(f"config.train.tensorboard must be true or false (got {tensorboard!r})")
 
 
 def load_config_module(path: str | Path):
@@ -185,6 +189,7 @@ RESUMABLE_FIELDS = (
     "train.eval_size",
     "train.checkpoint_every",
     "train.keep_checkpoints",
+    "train.tensorboard",
     "task.eval_steps",
     "task.eval_hops",
     "mesh.",

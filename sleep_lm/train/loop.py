@@ -358,7 +358,13 @@ def train(
         )
         start = int(state.step)
         if parallel.is_primary():
-            writer = MetricsWriter(workdir / "metrics.jsonl", resume_step=start)
+            # TensorBoard event files next to metrics.jsonl unless train.tensorboard is false.
+            tensorboard = train_cfg.get("tensorboard", True)
+            writer = MetricsWriter(
+                workdir / "metrics.jsonl",
+                resume_step=start,
+                tensorboard_dir=workdir if tensorboard else None,
+            )
         else:
             writer = _NoWriter()
         _log_param_split(state.params, train_cfg)

@@ -9,19 +9,36 @@ optimiser updates done when it was measured):
 A restarted run appends to the file; lines from steps after the checkpoint it resumes from
 (work that was lost) are dropped first, so the file never holds two lines for one step and
 kind.
+
+With `tensorboard_dir` (the trainer passes the workdir unless train.tensorboard is false) the
+same values also go to TensorBoard event files there (tensorboardX, no TensorFlow): train
+values under `train/<key>`, eval values under their own `eval/...` key, at the same step. A
+resume rewrites the existing event files without the events after its step (as for
+metrics.jsonl), so no reader, TensorBoard or a raw one such as `read_events`, ever sees one
+step twice; a fresh run deletes them. View with `tensorboard --logdir WORKDIR` (or a sweep
+root: one run per point).
 """
 
 import json
 import math
 import os
+import struct
 import time
 from pathlib import Path
+
+EVENTS_GLOB = "events.out.tfevents.*"
 
 
 class MetricsWriter:
     """Appends JSON lines to `path`, flushing each one so that a crash loses nothing written."""
 
-    def __init__(self, path: str | os.PathLike, *, resume_step: int = 0):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        resume_step: int = 0,
+        tensorboard_dir: str | os.PathLike | None = None,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step == 0:
@@ -30,6 +47,9 @@ class MetricsWriter:
         elif self.path.exists():
             self._drop_after(resume_step)
         self._file = open(self.path, "a")
+        self._events = None
+        if tensorboard_dir is not None:
+            self._events = _open_events(Path(tensorboard_dir), resume_step)
 
     def _drop_after(self, step: int) -> None:
         kept = []
@@ -50,9 +70,90 @@ class MetricsWriter:
             record[key] = value if math.isfinite(value) else str(value)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        if self._events is not None:
+            _write_scalars(self._events, int(step), values)
 
     def close(self) -> None:
         self._file.close()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+
+
+def _tag(key: str) -> str:
+    # Eval keys carry their own "eval/" prefix; train keys get "train/".
+    return key if "/" in key else f"train/{key}"
+
+
+def _open_events(logdir: Path, resume_step: int):
+    """A synchronous tensorboardX event writer in `logdir`, after deleting (fresh run) or
+    cutting at `resume_step` (resume) the event files already there."""
+    # Synchronous writer (not SummaryWriter's queue thread): each line is on disk after
+    # write(), as metrics.jsonl's are.
+    from tensorboardX.event_file_writer import EventsWriter
+
+    logdir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(logdir.glob(EVENTS_GLOB)):
+        if resume_step == 0:
+            path.unlink()
+        else:
+            _drop_events_after(path, resume_step)
+    # The suffix keeps a resumed run's file apart from one opened in the same second.
+    return EventsWriter(str(logdir / "events"), filename_suffix=f".from{resume_step}")
+
+
+def _write_scalars(events, step: int, values: dict) -> None:
+    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.summary_pb2 import Summary
+
+    summary = Summary(
+        value=[Summary.Value(tag=_tag(k), simple_value=float(v)) for k, v in values.items()]
+    )
+    events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+    events.flush()
+
+
+def _records(path: Path):
+    """(raw record bytes, Event) of each complete record of an event file (TFRecord framing:
+    uint64 length, uint32 length crc, data, uint32 data crc); a record cut short by a kill
+    ends the file."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    data = path.read_bytes()
+    offset = 0
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack("<Q", data[offset : offset + 8])
+        end = offset + 12 + length + 4
+        if end > len(data):
+            break
+        event = Event()
+        try:
+            event.ParseFromString(data[offset + 12 : offset + 12 + length])
+        except Exception:  # noqa: BLE001 - protobuf's DecodeError; a torn record ends the file.
+            break
+        yield data[offset:end], event
+        offset = end
+
+
+def _drop_events_after(path: Path, step: int) -> None:
+    kept = [raw for raw, event in _records(path) if event.step <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"".join(kept))
+    tmp.replace(path)
+
+
+def read_events(logdir: str | os.PathLike) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of every scalar in the event files of `logdir`, file by file in
+    name order (for tests and scripts; TensorBoard itself reads the same files)."""
+    out = []
+    for path in sorted(Path(logdir).glob(EVENTS_GLOB)):
+        for _, event in _records(path):
+            for value in event.summary.value:
+                out.append((int(event.step), value.tag, float(value.simple_value)))
+    return out
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

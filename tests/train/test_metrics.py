@@ -3,7 +3,15 @@
 import json
 import math
 
-from sleep_lm.train.metrics import MetricsWriter, Progress, format_duration, read_metrics
+import pytest
+
+from sleep_lm.train.metrics import (
+    MetricsWriter,
+    Progress,
+    format_duration,
+    read_events,
+    read_metrics,
+)
 
 
 def test_lines_are_json_with_step_and_resume_drops_lost_work(tmp_path):
@@ -57,3 +65,45 @@ def test_format_duration():
     assert format_duration(5) == "5s"
     assert format_duration(125) == "2m05s"
     assert format_duration(3 * 3600 + 61) == "3h01m"
+
+
+def test_tensorboard_scalars_steps_and_no_duplicates_after_resume(tmp_path):
+    tb = tmp_path / "tb"
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", tensorboard_dir=tb)
+    for step in (1, 2, 3, 4):
+        writer.write(step, {"loss": 1.0 / step, "lr": 0.1})
+    writer.write(4, {"eval/accuracy": 0.25})
+    writer.write(5, {"loss": math.nan})
+    writer.close()
+    events = read_events(tb)
+    assert [s for s, t, _ in events if t == "train/loss"] == [1, 2, 3, 4, 5]
+    assert (4, "eval/accuracy", 0.25) in events
+    assert (2, "train/lr", pytest.approx(0.1)) in events
+    assert math.isnan(events[-1][2])
+
+    # Resume from step 3: steps 4 and 5 are redone; the old file loses them, the new one
+    # holds them once. A record cut short by a kill is dropped too.
+    (old,) = tb.glob("events.out.tfevents.*")
+    with open(old, "ab") as f:
+        f.write(b"\x10\x00\x00")
+    writer = MetricsWriter(tmp_path / "metrics.jsonl", resume_step=3, tensorboard_dir=tb)
+    writer.write(4, {"loss": 0.2})
+    writer.write(4, {"eval/accuracy": 0.5})
+    writer.close()
+    assert len(list(tb.glob("events.out.tfevents.*"))) == 2
+    events = read_events(tb)
+    pairs = [(s, t) for s, t, _ in events]
+    assert len(pairs) == len(set(pairs))  # no (step, tag) twice
+    assert [(s, v) for s, t, v in events if t == "train/loss"] == [
+        (1, 1.0),
+        (2, 0.5),
+        (3, pytest.approx(1 / 3)),
+        (4, pytest.approx(0.2)),
+    ]
+    assert [(s, v) for s, t, v in events if t == "eval/accuracy"] == [(4, 0.5)]
+
+    # A fresh run in the same directory starts over; without tensorboard_dir nothing is written.
+    MetricsWriter(tmp_path / "metrics.jsonl", tensorboard_dir=tb).close()
+    assert read_events(tb) == []
+    MetricsWriter(tmp_path / "other.jsonl").close()
+    assert len(list(tb.glob("events.out.tfevents.*"))) == 1
