@@ -1,0 +1,298 @@
+"""Jet block (Jet-Nemotron's JetBlock): a Gated DeltaNet mixer with a dynamic convolution.
+
+Written from the published description of NVlabs/Jet-Nemotron (``jetai/modeling/hf/
+jet_block.py``, ``dynamic_conv.py``; Apache-2.0 code, read to get the math and names right,
+none copied). Per token (shapes [batch, time, heads, key]; key = key_head_dim, value =
+value_head_dim, which may differ: Jet-Nemotron-2B has 96 and 256):
+
+  q, k    = SiLU(x W_q), SiLU(x W_k)                      no convolution on q, k
+  K_t     = generator(x_t) = SiLU(x_t W_1) W_2 + b_2      [channels, conv_size] per token
+  v       = SiLU(dynamic_causal_conv(x W_v, K))           channels = heads * value
+  beta    = sigmoid(x W_b)                                write strength, float32
+  g       = -exp(A_log) * softplus(x W_a + dt_bias)       log forget gate, float32
+  o, S    = ops.gated_delta_rule(l2(q), l2(k), v, g, beta, initial_state=S,
+                                 scale=key ** -0.5)
+  y       = (RMSNorm_head(o) * w_norm * SiLU(x W_g)) W_o  per-head RMSNorm (eps 1e-5), gated
+
+The input x is the (already normed) layer input; the kernel generator reads x, not the
+values it convolves. Its hidden size is value_dim // generator_reduction (Jet-Nemotron-2B:
+3072 // 8 = 384). The generator output is laid out (channel, width): entry c * conv_size + w
+is channel c's tap w, and tap conv_size - 1 multiplies the current token.
+
+Unlike GDN (sleep_lm/model/fast_weight.py) the block has no positional encoding of its own,
+as in the reference: ``positions`` is accepted for the mixer interface and unused.
+
+State: a ``FastWeightState`` whose ``fast_weights`` are S [batch, heads, key, value] float32
+and whose ``conv_tail`` [batch, conv_size - 1, heads * value] holds the RAW v projections of
+the last conv_size - 1 tokens (before the convolution). The kernels are generated from each
+token's own input, so nothing else is needed to continue the sequence: decoding token by
+token equals one prefill, and a sequence split anywhere equals the whole. Hard eviction
+(``state.clear_local``) zeroes the tail, as for GDN.
+
+Parameter paths mirror the Hugging Face tensor names inside ``self_attn`` (flax path joined
+by "." = HF name; Dense ``kernel`` = HF ``weight`` transposed, RMSNorm ``scale`` = HF
+``weight``): ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj``, ``b_proj``, ``g_proj``,
+``o_proj`` (kernels, no biases), ``A_log`` [heads], ``dt_bias`` [heads],
+``dynamic_conv1d/kernel_generator/w1`` (kernel [width, hidden], no bias),
+``dynamic_conv1d/kernel_generator/w2`` (kernel [hidden, channels * conv_size] and bias
+[channels * conv_size]), ``o_norm`` (scale [value]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sleep_lm import ops
+from sleep_lm.model.fast_weight import _a_log_init, _dt_bias_init, l2_normalize
+from sleep_lm.model.state import FastWeightState, constrain
+
+GDN_IMPLS = ("chunked", "recurrent")
+DTYPES = ("float32", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class JetConfig:
+    """Static hyper-parameters of one Jet block (hashable).
+
+    Attributes:
+      width: input / output width (the residual stream).
+      heads: heads of the fast-weight memory.
+      key_head_dim: q / k size per head (Jet-Nemotron-2B: 96).
+      value_head_dim: v size per head (Jet-Nemotron-2B: 256 = 96 * expand_v 8/3).
+      conv_size: width W of the dynamic causal convolution on v (>= 1).
+      generator_reduction: the kernel generator's hidden size is value_dim // this
+        (Jet-Nemotron's ``dconv_generator_reduction``, 8).
+      norm_eps: epsilon of the per-head output RMSNorm.
+      gdn_impl: ops implementation of the gated delta rule ("chunked" | "recurrent").
+      chunk_size: chunk length for gdn_impl="chunked".
+      precision: matmul precision inside the op (a name of ops.PRECISIONS).
+      dtype: compute dtype name; parameters and fast weights are always float32.
+    """
+
+    width: int
+    heads: int
+    key_head_dim: int
+    value_head_dim: int
+    conv_size: int = 4
+    generator_reduction: int = 8
+    norm_eps: float = 1e-5
+    gdn_impl: str = "chunked"
+    chunk_size: int = 64
+    precision: str = "highest"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        def bad(field, allowed, got):
+            return ValueError(f"jet.{field}: allowed {allowed}, got {got!r}")
+
+        for field in (
+            "width",
+            "heads",
+            "key_head_dim",
+            "value_head_dim",
+            "conv_size",
+            "generator_reduction",
+            "chunk_size",
+        ):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(field, "a positive int", value)
+        if self.generator_reduction > self.value_dim:
+            allowed = f"at most value_dim={self.value_dim}"
+            raise bad("generator_reduction", allowed, self.generator_reduction)
+        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+            raise bad("norm_eps", "a positive number", self.norm_eps)
+        for field, allowed in (
+            ("gdn_impl", GDN_IMPLS),
+            ("precision", ops.PRECISIONS),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, field) not in allowed:
+                raise bad(field, allowed, getattr(self, field))
+
+    @property
+    def key_dim(self) -> int:
+        return self.heads * self.key_head_dim
+
+    @property
+    def value_dim(self) -> int:
+        """Channels of v (and of the convolution and its tail): heads * value_head_dim."""
+        return self.heads * self.value_head_dim
+
+    @property
+    def generator_hidden(self) -> int:
+        return self.value_dim // self.generator_reduction
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+
+def jet_state(cfg: JetConfig, batch: int, dtype=None) -> FastWeightState:
+    """Zero state of one Jet block: empty fast weights, zero conv tail (``dtype``, default the
+    compute dtype; fast weights are always float32)."""
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    shape = (batch, cfg.heads, cfg.key_head_dim, cfg.value_head_dim)
+    return FastWeightState(
+        fast_weights=jnp.zeros(shape, jnp.float32),
+        conv_tail=jnp.zeros((batch, cfg.conv_size - 1, cfg.value_dim), dtype),
+    )
+
+
+def dynamic_causal_conv(
+    x: jax.Array, tail: jax.Array, kernels: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Causal convolution with a separate kernel per token and channel, continuing ``tail``.
+
+    x: [batch, time, channels]; tail: [batch, W - 1, channels] (the raw inputs of the W - 1
+    preceding tokens; zeros at a sequence start); kernels: [batch, time, channels, W].
+    out[t, c] = sum_w x[t + w - (W - 1), c] * kernels[t, c, w], so tap W - 1 is the current
+    token. Returns (out [batch, time, channels] in x's dtype, new tail [batch, W - 1,
+    channels]: the last W - 1 raw inputs of tail + x).
+    """
+    size, time = kernels.shape[-1], x.shape[1]
+    xp = jnp.concatenate([tail.astype(x.dtype), x], axis=1)  # [batch, W - 1 + time, channels]
+    # Taps summed in float32: this feeds the values written into the fast weights.
+    xp32, k32 = xp.astype(jnp.float32), kernels.astype(jnp.float32)
+    out = sum(xp32[:, w : w + time] * k32[..., w] for w in range(size))
+    new_tail = xp[:, xp.shape[1] - (size - 1) :]
+    return out.astype(x.dtype), new_tail.astype(tail.dtype)
+
+
+def jet_core(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    g: jax.Array,
+    beta: jax.Array,
+    initial_state: jax.Array,
+    *,
+    impl: str = "chunked",
+    chunk_size: int = 64,
+    precision: str | None = "highest",
+) -> tuple[jax.Array, jax.Array]:
+    """The block's memory: q, k L2-normalised per head, then the gated delta rule with scale
+    key ** -0.5 (fla's ``use_qk_l2norm_in_kernel=True``).
+
+    q, k: [batch, time, heads, key]; v: [batch, time, heads, value]; g, beta: [batch, time,
+    heads] float32; initial_state: [batch, heads, key, value] float32.
+    Returns (o [batch, time, heads, value], final state [batch, heads, key, value]).
+    """
+    q, k = l2_normalize(q), l2_normalize(k)
+    return ops.gated_delta_rule(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        initial_state=initial_state,
+        scale=q.shape[-1] ** -0.5,
+        impl=impl,
+        chunk_size=chunk_size,
+        precision=precision,
+    )
+
+
+def _static_conv_bias_init(conv_size: int):
+    """w2's bias, laid out (channel, width): the kernel every token gets while w2's kernel is
+    zero. Drawn like a depthwise Conv1d's weight, U[-1/sqrt(W), 1/sqrt(W)], so a fresh block
+    starts as GDN's static short convolution on v and learns the dynamic part from there."""
+
+    def init(key, shape, dtype=jnp.float32):
+        bound = 1.0 / math.sqrt(conv_size)
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class _KernelGenerator(nn.Module):
+    """x [batch, time, width] -> per-token kernels [batch, time, channels, conv_size]."""
+
+    config: JetConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        dense = functools.partial(nn.Dense, dtype=cfg.compute_dtype, param_dtype=jnp.float32)
+        hidden = nn.silu(dense(cfg.generator_hidden, use_bias=False, name="w1")(x))
+        # w2's kernel starts at zero (its bias alone is the kernel) while w1 is random, so
+        # both get gradients from the first step (zero w1 and w2 together would give neither).
+        flat = dense(
+            cfg.value_dim * cfg.conv_size,
+            use_bias=True,
+            kernel_init=nn.initializers.zeros,
+            bias_init=_static_conv_bias_init(cfg.conv_size),
+            name="w2",
+        )(hidden)
+        return flat.reshape(*flat.shape[:-1], cfg.value_dim, cfg.conv_size)
+
+
+class DynamicCausalConv(nn.Module):
+    """``(x, generator_input, tail) -> (SiLU(conv) [batch, time, channels], new tail)``."""
+
+    config: JetConfig
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, generator_input: jax.Array, tail: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        kernels = _KernelGenerator(self.config, name="kernel_generator")(generator_input)
+        y, tail = dynamic_causal_conv(x, tail, kernels)
+        return nn.silu(y), tail
+
+
+class JetBlock(nn.Module):
+    """The Jet mixer; ``__call__(x, state, positions) -> (y, new_state)``."""
+
+    config: JetConfig
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, state: FastWeightState, positions: jax.Array
+    ) -> tuple[jax.Array, FastWeightState]:
+        """x: [batch, time, width] (already normed); positions: [time], unused (see module
+        docstring)."""
+        del positions
+        cfg = self.config
+        batch, time, _ = x.shape
+        heads, dk, dv = cfg.heads, cfg.key_head_dim, cfg.value_head_dim
+        dense = functools.partial(
+            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
+        )
+        q = nn.silu(dense(cfg.key_dim, name="q_proj")(x)).reshape(batch, time, heads, dk)
+        k = nn.silu(dense(cfg.key_dim, name="k_proj")(x)).reshape(batch, time, heads, dk)
+        v, conv_tail = DynamicCausalConv(cfg, name="dynamic_conv1d")(
+            dense(cfg.value_dim, name="v_proj")(x), x, state.conv_tail
+        )
+        v = v.reshape(batch, time, heads, dv)
+
+        # Gates in float32: g accumulates over the whole sequence inside the op.
+        beta = jax.nn.sigmoid(dense(heads, name="b_proj")(x).astype(jnp.float32))
+        a_log = self.param("A_log", _a_log_init, (heads,))
+        dt_bias = self.param("dt_bias", _dt_bias_init, (heads,))
+        a = dense(heads, name="a_proj")(x).astype(jnp.float32)
+        g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
+
+        o, fast_weights = jet_core(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            state.fast_weights,
+            impl=cfg.gdn_impl,
+            chunk_size=cfg.chunk_size,
+            precision=cfg.precision,
+        )
+
+        o = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, name="o_norm")(o)
+        gate = dense(cfg.value_dim, name="g_proj")(x).reshape(batch, time, heads, dv)
+        o = o * nn.silu(gate)
+        y = dense(cfg.width, name="o_proj")(o.reshape(batch, time, cfg.value_dim))
+        return y, constrain(FastWeightState(fast_weights=fast_weights, conv_tail=conv_tail))
