@@ -1,0 +1,504 @@
+"""Ouro: a looped (Universal-Transformer style) attention LM, with optional inserted Jet layers.
+
+Architecture (ByteDance's Ouro-1.4B, read in the hub's ``modeling_ouro.py`` and vLLM's
+``vllm/model_executor/models/ouro.py``; our own code):
+
+* a stack of ``num_layers`` decoder layers with *sandwich* RMSNorms::
+
+      x = x + input_layernorm_2(attn(input_layernorm(x)))
+      x = x + post_attention_layernorm_2(mlp(post_attention_layernorm(x)))
+
+  attention without biases (grouped-query when kv_heads < heads), RoPE in the Hugging Face
+  rotate-half convention with the checkpoint's theta, SwiGLU MLP;
+* the stack runs ``total_ut_steps`` times ("loops"); after every loop ``model.norm`` is
+  applied and its output is the next loop's input; every loop uses the same positions and
+  its own KV cache, so there is one cache per (loop, layer);
+* logits = lm_head(output of the last loop): the last loop's ``model.norm`` is the final
+  norm, so ``head`` is the untied ``lm_head`` alone;
+* ``model.early_exit_gate`` (Linear(width -> 1) with bias) is loaded and saved. The readout
+  is always the last loop (Ouro's ``early_exit_threshold`` = 1.0, what vLLM always runs);
+  ``exit_logits`` gives every loop's logits and the gate's exit distribution for the
+  alternatives (exit at a given loop, or the p-weighted "expected" logits of Ouro's
+  training loss). Exiting at loop k is also just this model with ``total_ut_steps = k + 1``
+  and the same parameters.
+
+Stage interface (what sleep.py, inference.py and train/ use). ``blocks(start, stop)``
+indexes *units*: unit ``u = loop * stack_size + i`` is stack layer ``i`` in loop ``loop``,
+so ``config.layers`` (one kind per unit: "attn" or "jet") has ``total_ut_steps *
+stack_size`` entries, each with its own state in ``ModelState.layers`` (a KVCache per
+(loop, attention layer), a FastWeightState per (loop, Jet layer)). The per-loop
+``model.norm`` sits at the end of each loop's last unit.
+
+How sleep passes compose with Ouro's own loops (the paper leaves it open).
+``sleep.loop_blocks`` is a slice over units. Its default "all" makes every sleep pass a
+whole Ouro forward (all ``total_ut_steps`` loops): N passes run the stack N x
+total_ut_steps times, and pass n + 1 starts from pass n's output, normed by ``model.norm``
+exactly as an Ouro loop starts from the previous loop's; the fast weights of each
+(loop, Jet layer) unit are carried from pass to pass, each unit's local context restarts
+from the window start. ``OuroConfig.sleep_loops`` names this choice: "all" (the default,
+just described) or "last" (the sleep passes loop only the last Ouro loop: loops
+0..total_ut_steps-2 run once, then the last loop N times); ``OuroLM.sleep_loop_blocks``
+is the ``sleep.loop_blocks`` value that selects it. With N = 1 both equal the plain
+forward.
+
+Inserted Jet layers (the paper adds 6 to Ouro-1.4B): ``jet_positions`` lists, for each
+new layer, the original layer it is inserted *before* (``num_layers`` = after the last).
+A Jet layer has no MLP: ``x = x + jet(input_layernorm(x))`` with ``jet`` the JetBlock of
+sleep_lm/model/jet.py. ``jet_identity_init`` (default True) zeroes its ``o_proj`` at
+initialisation, so a loaded model's logits are unchanged at step 0. The default positions
+(``even_jet_positions``) spread the layers evenly, one in the middle of each group of
+num_layers / count layers: 2, 6, 10, 14, 18, 22 for 6 layers in Ouro-1.4B's 24.
+Parameter names: ``model/jet_layers_{j}/{input_layernorm,self_attn}`` (Hugging Face
+``model.jet_layers.{j}...``; ``self_attn`` holds the JetBlock's names).
+
+Parameter tree (mirrors the Hugging Face names, see sleep_lm/pretrained/hf.py):
+``model/{embed_tokens, layers_{i}/{input_layernorm, input_layernorm_2, self_attn/{q,k,v,o}_proj,
+post_attention_layernorm, post_attention_layernorm_2, mlp/{gate,up,down}_proj}, jet_layers_{j},
+norm, early_exit_gate}``, ``lm_head``. Parameters are float32; compute uses ``dtype``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sleep_lm.model import state as state_lib
+from sleep_lm.model.attention import attention_mask, write_cache
+from sleep_lm.model.positions import rotary
+from sleep_lm.model.state import KVCache, ModelState, constrain
+
+SLEEP_LOOPS = ("all", "last")
+GDN_IMPLS = ("chunked", "recurrent")
+DTYPES = ("float32", "bfloat16")
+_MASKED = -1e30  # finite: a fully masked row (impossible: a query sees itself) stays finite
+_EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def even_jet_positions(num_layers: int, count: int) -> tuple[int, ...]:
+    """``count`` insertion points spread evenly over ``num_layers`` layers: one in the middle
+    of each of ``count`` equal groups (24 layers, 6 Jet layers -> 2, 6, 10, 14, 18, 22)."""
+    return tuple(int((2 * j + 1) * num_layers // (2 * count)) for j in range(count))
+
+
+@dataclasses.dataclass(frozen=True)
+class OuroConfig:
+    """Static Ouro hyper-parameters (hashable: the model is a jit static argument).
+
+    Defaults are Ouro-1.4B's (its config.json). Attributes:
+      vocab_size, width (hidden_size), intermediate_size (SwiGLU), num_layers (stack depth,
+        num_hidden_layers), heads, kv_heads, head_dim, rope_theta, norm_eps (rms_norm_eps).
+      total_ut_steps: loops of the stack.
+      early_exit_threshold: kept for the round trip; the readout is always the last loop.
+      window: L, the attention window and default KV cache length (the sleep window).
+      jet_positions: insertion point of each new Jet layer (before original layer p).
+      jet: the JetConfig of the inserted layers (sleep_lm.model.jet); None without them.
+        Its width, gdn_impl and dtype follow this config's.
+      jet_identity_init: zero the Jet layers' o_proj at init (identity residual layers).
+      sleep_loops: "all" | "last": which loops a sleep pass runs (module docstring).
+      gdn_impl: ops implementation of the Jet layers' delta rule ("chunked" | "recurrent").
+      dtype: compute dtype name; parameters are float32.
+      hf_extra: JSON object (string) of config.json keys this config does not model, kept
+        for the export (token ids, max_position_embeddings, ...).
+    """
+
+    vocab_size: int = 49152
+    width: int = 2048
+    intermediate_size: int = 5632
+    num_layers: int = 24
+    heads: int = 16
+    kv_heads: int = 16
+    head_dim: int = 128
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-6
+    total_ut_steps: int = 4
+    early_exit_threshold: float = 1.0
+    window: int = 2048
+    jet_positions: tuple[int, ...] = ()
+    jet: Any = None
+    jet_identity_init: bool = True
+    sleep_loops: str = "all"
+    gdn_impl: str = "chunked"
+    dtype: str = "float32"
+    hf_extra: str = "{}"
+
+    def __post_init__(self):
+        def bad(field, allowed, got):
+            return ValueError(f"ouro.{field}: allowed {allowed}, got {got!r}")
+
+        for field in (
+            "vocab_size",
+            "width",
+            "intermediate_size",
+            "num_layers",
+            "heads",
+            "kv_heads",
+            "head_dim",
+            "total_ut_steps",
+            "window",
+        ):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(field, "a positive int", value)
+        if self.heads % self.kv_heads:
+            raise bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
+        if self.head_dim % 2:
+            raise bad("head_dim", "an even int (rotary pairs)", self.head_dim)
+        positions = tuple(self.jet_positions)
+        if any(
+            not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= self.num_layers
+            for p in positions
+        ) or list(positions) != sorted(positions):
+            raise bad("jet_positions", f"sorted ints in 0..{self.num_layers}", positions)
+        if positions and self.jet is None:
+            raise bad("jet", "a JetConfig when jet_positions is set", None)
+        for field, allowed in (
+            ("sleep_loops", SLEEP_LOOPS),
+            ("gdn_impl", GDN_IMPLS),
+            ("dtype", DTYPES),
+        ):
+            if getattr(self, field) not in allowed:
+                raise bad(field, allowed, getattr(self, field))
+        try:
+            extra = json.loads(self.hf_extra)
+        except (TypeError, ValueError):
+            extra = None
+        if not isinstance(extra, dict):
+            raise bad("hf_extra", "a JSON object string", self.hf_extra)
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def stack(self) -> tuple[tuple[str, int], ...]:
+        """One loop's layers in order: ("attn", original index) or ("jet", Jet index)."""
+        out, jets = [], list(enumerate(self.jet_positions))
+        for i in range(self.num_layers + 1):
+            while jets and jets[0][1] == i:
+                out.append(("jet", jets.pop(0)[0]))
+            if i < self.num_layers:
+                out.append(("attn", i))
+        return tuple(out)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """One kind per unit (loop-major): what ``blocks(start, stop)`` indexes."""
+        return tuple(kind for kind, _ in self.stack) * self.total_ut_steps
+
+    @property
+    def jet_config(self):
+        """The inserted layers' JetConfig with this config's width, gdn_impl and dtype."""
+        return dataclasses.replace(
+            self.jet, width=self.width, gdn_impl=self.gdn_impl, dtype=self.dtype
+        )
+
+
+def _dense(cfg: OuroConfig, features: int, name: str, use_bias: bool = False) -> nn.Dense:
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+
+
+def _norm(cfg: OuroConfig, name: str) -> nn.RMSNorm:
+    return nn.RMSNorm(
+        epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name
+    )
+
+
+class OuroAttention(nn.Module):
+    """Causal grouped-query attention with RoPE and a ring-buffer KV cache (no biases).
+
+    The cache holds kv_heads heads; each query head reads KV head ``h // (heads / kv_heads)``
+    (Hugging Face's repeat_kv order).
+    """
+
+    config: OuroConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cache: KVCache, positions: jax.Array):
+        """x [batch, time, width], positions [time] global -> (y, new cache)."""
+        cfg = self.config
+        batch, time, _ = x.shape
+        heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
+        q = _dense(cfg, heads * dim, "q_proj")(x).reshape(batch, time, heads, dim)
+        k = _dense(cfg, kv_heads * dim, "k_proj")(x).reshape(batch, time, kv_heads, dim)
+        v = _dense(cfg, kv_heads * dim, "v_proj")(x).reshape(batch, time, kv_heads, dim)
+        # HF's rotate-half RoPE pairs feature i with i + dim / 2: the same as rotary().
+        q = rotary(q, positions, base=cfg.rope_theta)
+        k = rotary(k, positions, base=cfg.rope_theta)
+
+        cur = jnp.broadcast_to(positions.astype(jnp.int32), (batch, time))
+        if cache.keys.shape[1]:
+            keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
+            values = jnp.concatenate([cache.values, v.astype(cache.values.dtype)], axis=1)
+            k_pos = jnp.concatenate([cache.positions, cur], axis=1)
+        else:  # no cache (hard eviction in training)
+            keys, values, k_pos = k, v, cur
+
+        group = heads // kv_heads
+        qg = q.reshape(batch, time, kv_heads, group, dim)
+        scores = jnp.einsum(
+            "bqkgd,bskd->bkgqs", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32
+        )
+        scores = scores * dim**-0.5
+        mask = attention_mask(positions, k_pos, cfg.window)[:, :, None]  # [batch, 1, 1, q, s]
+        scores = jnp.where(mask, scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(cfg.compute_dtype))
+        y = _dense(cfg, cfg.width, "o_proj")(out.reshape(batch, time, heads * dim))
+        return y, constrain(write_cache(cache, k, v, positions))
+
+
+class OuroMLP(nn.Module):
+    config: OuroConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(x)
+        up = _dense(cfg, cfg.intermediate_size, "up_proj")(x)
+        return _dense(cfg, cfg.width, "down_proj")(nn.silu(gate) * up)
+
+
+class OuroLayer(nn.Module):
+    """One sandwich-norm decoder layer: (h, KVCache, positions) -> (h, KVCache)."""
+
+    config: OuroConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array):
+        cfg = self.config
+        y, cache = OuroAttention(cfg, name="self_attn")(
+            _norm(cfg, "input_layernorm")(h), cache, positions
+        )
+        h = h + _norm(cfg, "input_layernorm_2")(y)
+        y = OuroMLP(cfg, name="mlp")(_norm(cfg, "post_attention_layernorm")(h))
+        h = h + _norm(cfg, "post_attention_layernorm_2")(y)
+        return nn.with_logical_constraint(h, ("batch", None, None)), cache
+
+
+class JetLayer(nn.Module):
+    """An inserted Jet layer without MLP: h + jet(input_layernorm(h)); FastWeightState."""
+
+    config: OuroConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array, layer_state, positions: jax.Array):
+        from sleep_lm.model.jet import JetBlock  # jet.py is only needed with Jet layers
+
+        cfg = self.config
+        y, layer_state = JetBlock(cfg.jet_config, name="self_attn")(
+            _norm(cfg, "input_layernorm")(h), layer_state, positions
+        )
+        return nn.with_logical_constraint(h + y, ("batch", None, None)), layer_state
+
+
+class OuroModel(nn.Module):
+    """The ``model.`` scope of the checkpoint: embeddings, layers, Jet layers, norm, gate."""
+
+    config: OuroConfig
+
+    def setup(self):
+        cfg = self.config
+        self.embed_tokens = nn.Embed(
+            cfg.vocab_size,
+            cfg.width,
+            embedding_init=_EMBED_INIT,
+            dtype=cfg.compute_dtype,
+            param_dtype=jnp.float32,
+        )
+        self.layers = [OuroLayer(cfg) for _ in range(cfg.num_layers)]
+        self.jet_layers = [JetLayer(cfg) for _ in cfg.jet_positions]
+        self.norm = nn.RMSNorm(
+            epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32
+        )
+        self.early_exit_gate = nn.Dense(
+            1, use_bias=True, dtype=cfg.compute_dtype, param_dtype=jnp.float32
+        )
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        return self.embed_tokens(tokens)
+
+    def unit(self, u: int, h: jax.Array, layer_state, positions: jax.Array):
+        """Runs unit u (Python int): its stack layer, then model.norm if it closes a loop."""
+        stack = self.config.stack
+        kind, index = stack[u % len(stack)]
+        layer = self.layers[index] if kind == "attn" else self.jet_layers[index]
+        h, layer_state = layer(h, layer_state, positions)
+        if u % len(stack) == len(stack) - 1:
+            h = self.norm(h)
+        return h, layer_state
+
+    def gate(self, h: jax.Array) -> jax.Array:
+        """Early-exit gate logit [batch, time] (float32) of a loop's normed output."""
+        return self.early_exit_gate(h)[..., 0].astype(jnp.float32)
+
+
+class OuroLM(nn.Module):
+    """Ouro causal LM with the HybridLM stage interface (module docstring)."""
+
+    config: OuroConfig
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def window(self) -> int:
+        return self.config.window
+
+    @property
+    def sleep_loop_blocks(self) -> str:
+        """The ``sleep.loop_blocks`` value that realises ``config.sleep_loops``."""
+        if self.config.sleep_loops == "all":
+            return "all"
+        size = len(self.config.stack)
+        return f"{(self.config.total_ut_steps - 1) * size}:"
+
+    def setup(self):
+        self.model = OuroModel(self.config)
+        self.lm_head = _dense(self.config, self.config.vocab_size, None)
+
+    def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """tokens [batch, time] int -> h [batch, time, width] (positions enter via RoPE)."""
+        del positions
+        return self.model.embed(tokens)
+
+    def blocks(
+        self, h: jax.Array, state: ModelState, positions: jax.Array, start: int, stop: int
+    ) -> tuple[jax.Array, ModelState]:
+        """Runs units start..stop-1 (Python ints) once; other units' states pass through."""
+        layers = list(state.layers)
+        for u in range(start, stop):
+            h, layers[u] = self.model.unit(u, h, layers[u], positions)
+        return h, ModelState(layers=tuple(layers))
+
+    def head(self, h: jax.Array) -> jax.Array:
+        """h [batch, time, width] (already normed by the last loop) -> float32 logits."""
+        return self.lm_head(h).astype(jnp.float32)
+
+    def __call__(
+        self, tokens: jax.Array, positions: jax.Array, state: ModelState
+    ) -> tuple[jax.Array, ModelState]:
+        """One ordinary forward pass (all loops; readout of the last): (logits, new state)."""
+        h = self.embed(tokens, positions)
+        h, state = self.blocks(h, state, positions, 0, len(self.config.layers))
+        return self.head(h), state
+
+    def exit_logits(self, tokens: jax.Array, positions: jax.Array, state: ModelState):
+        """Every loop's readout, for Ouro's early-exit alternatives.
+
+        Returns (logits [loops, batch, time, vocab] float32, exit_pdf [batch, time, loops],
+        state): exit_pdf[..., i] = lambda_i * prod_{j<i} (1 - lambda_j) with lambda_i =
+        sigmoid(gate(loop i output)), the last loop taking the remaining mass. The
+        "expected" logits of Ouro's training loss are sum_i exit_pdf[..., i, None] *
+        logits[i]; ``logits[-1]`` is ``__call__``'s.
+        """
+        size = len(self.config.stack)
+        h = self.embed(tokens, positions)
+        logits, gates = [], []
+        for loop in range(self.config.total_ut_steps):
+            h, state = self.blocks(h, state, positions, loop * size, (loop + 1) * size)
+            logits.append(self.head(h))
+            gates.append(self.model.gate(h))
+        remaining = jnp.ones_like(gates[0])
+        pdf = []
+        for i, g in enumerate(gates):
+            if i == len(gates) - 1:
+                pdf.append(remaining)
+            else:
+                lam = jax.nn.sigmoid(g)
+                pdf.append(lam * remaining)
+                remaining = remaining * (1.0 - lam)
+        return jnp.stack(logits), jnp.stack(pdf, axis=-1), state
+
+    @nn.nowrap
+    def init_params(self, rng: jax.Array) -> dict:
+        """Initial parameters (float32); Jet layers' o_proj zero if jet_identity_init."""
+        tokens = jnp.zeros((1, 1), jnp.int32)
+        positions = jnp.zeros((1,), jnp.int32)
+        state = self.init_state(1, cache_len=0)
+
+        def init(r):
+            params = self.init(r, tokens, positions, state, method=self.exit_logits)["params"]
+            return identity_jet_params(self.config, params)
+
+        return jax.jit(init)(rng)
+
+    @nn.nowrap
+    def init_state(self, batch: int, cache_len: int | None = None) -> ModelState:
+        """Zero state for ``batch`` sequences: an empty KV cache of ``cache_len`` slots
+        (default window) per (loop, attention layer), zero Jet state per (loop, Jet layer)."""
+        cfg = self.config
+        cache_len = cfg.window if cache_len is None else cache_len
+        layers = []
+        for kind in cfg.layers:
+            if kind == "attn":
+                layers.append(
+                    state_lib.empty_cache(
+                        batch, cache_len, cfg.kv_heads, cfg.head_dim, cfg.compute_dtype
+                    )
+                )
+            else:
+                from sleep_lm.model.jet import jet_state
+
+                layers.append(jet_state(cfg.jet_config, batch, cfg.compute_dtype))
+        return ModelState(layers=tuple(layers))
+
+
+def identity_jet_params(cfg: OuroConfig, params: dict) -> dict:
+    """``params`` with every inserted Jet layer's o_proj kernel zeroed when
+    ``cfg.jet_identity_init`` (the layer then adds nothing: an identity residual layer)."""
+    if not cfg.jet_identity_init or not cfg.jet_positions:
+        return params
+    model = dict(params["model"])
+    for j in range(len(cfg.jet_positions)):
+        layer = dict(model[f"jet_layers_{j}"])
+        attn = dict(layer["self_attn"])
+        attn["o_proj"] = jax.tree.map(jnp.zeros_like, attn["o_proj"])
+        layer["self_attn"] = attn
+        model[f"jet_layers_{j}"] = layer
+    return {**params, "model": model}
+
+
+def insert_jet_layers(
+    model: OuroLM,
+    params: dict,
+    rng: jax.Array,
+    *,
+    jet,
+    positions: tuple[int, ...] | None = None,
+    count: int = 6,
+    identity: bool = True,
+) -> tuple[OuroLM, dict]:
+    """Inserts freshly initialised Jet layers into a (loaded) Ouro model.
+
+    jet: the JetConfig of the new layers (width, gdn_impl and dtype follow the model's);
+    positions: insertion points (before original layer p), default ``even_jet_positions(
+    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0). The model must
+    have no Jet layers yet. Returns (new model, params with the old tensors unchanged).
+    """
+    cfg = model.config
+    if cfg.jet_positions:
+        raise ValueError(
+            f"ouro.jet_positions: the model already has Jet layers {cfg.jet_positions}"
+        )
+    positions = even_jet_positions(cfg.num_layers, count) if positions is None else tuple(positions)
+    new_cfg = dataclasses.replace(
+        cfg, jet_positions=positions, jet=jet, jet_identity_init=bool(identity)
+    )
+    new_model = OuroLM(new_cfg)
+    fresh = new_model.init_params(rng)
+    merged = dict(fresh["model"])
+    merged.update(params["model"])
+    out = {**fresh, **{k: v for k, v in params.items() if k != "model"}, "model": merged}
+    return new_model, out
