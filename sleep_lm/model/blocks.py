@@ -10,6 +10,7 @@ import jax
 from sleep_lm.model.attention import Attention
 from sleep_lm.model.config import ModelConfig
 from sleep_lm.model.fast_weight import GatedDeltaNet
+from sleep_lm.model.jet import JetBlock, JetConfig
 
 
 class MLP(nn.Module):
@@ -23,11 +24,28 @@ class MLP(nn.Module):
         return dense(cfg.width, name="down_proj")(nn.gelu(x))
 
 
+def jet_config(cfg: ModelConfig) -> JetConfig:
+    """The Jet mixer of a from-scratch hybrid: key head size head_dim, value head size
+    head_dim * jet_expand_v, the model's conv width, op and dtype."""
+    return JetConfig(
+        width=cfg.width,
+        heads=cfg.heads,
+        key_head_dim=cfg.head_dim,
+        value_head_dim=cfg.jet_value_head_dim,
+        conv_size=cfg.conv_size,
+        generator_reduction=cfg.jet_generator_reduction,
+        gdn_impl=cfg.gdn_impl,
+        chunk_size=cfg.chunk_size,
+        precision=cfg.gdn_precision,
+        dtype=cfg.dtype,
+    )
+
+
 class Block(nn.Module):
     """One layer of the hybrid: ``__call__(h, layer_state, positions) -> (h, new_state)``.
 
     kind "attn" uses an Attention mixer with a KVCache state; "gdn" a GatedDeltaNet mixer
-    with a FastWeightState.
+    and "jet" a JetBlock mixer, both with a FastWeightState.
     """
 
     config: ModelConfig
@@ -40,6 +58,8 @@ class Block(nn.Module):
         norm = functools.partial(nn.RMSNorm, epsilon=1e-6, dtype=cfg.compute_dtype)
         if self.kind == "attn":
             mixer = Attention(cfg, self.window, name="mixer")
+        elif self.kind == "jet":
+            mixer = JetBlock(jet_config(cfg), name="mixer")
         else:
             mixer = GatedDeltaNet(cfg, name="mixer")
         y, layer_state = mixer(norm(name="mixer_norm")(h), layer_state, positions)

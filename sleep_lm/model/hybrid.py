@@ -12,7 +12,9 @@ Parameter names (for optimiser routing): ``token_embed``, ``position_embed`` (le
 positions only), ``block_{i}/{mixer_norm,mixer,mlp_norm,mlp}``, ``final_norm``,
 ``lm_head``. Attention mixers have ``{q,k,v,o}_proj``; GDN mixers ``{q,k,v}_proj``,
 ``conv_weight`` [conv_size, channels], ``a_proj`` and ``b_proj`` (gate projections,
-[width, heads]), ``A_log``, ``dt_bias``, ``head_norm``, ``o_gate_proj``, ``o_proj``; MLPs
+[width, heads]), ``A_log``, ``dt_bias``, ``head_norm``, ``o_gate_proj``, ``o_proj``; Jet
+mixers the Jet-Nemotron names (sleep_lm/model/jet.py): ``{q,k,v,a,b,g,o}_proj``, ``A_log``,
+``dt_bias``, ``dynamic_conv1d/kernel_generator/{w1,w2}``, ``o_norm``; MLPs
 ``up_proj``, ``down_proj``. Parameters are float32; compute uses ``config.dtype``.
 """
 
@@ -115,6 +117,7 @@ class HybridLM(nn.Module):
             conv_size=cfg.conv_size,
             cache_len=self.window if cache_len is None else cache_len,
             dtype=cfg.compute_dtype,
+            jet_value_head_dim=cfg.jet_value_head_dim,
         )
 
 

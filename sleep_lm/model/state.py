@@ -1,7 +1,8 @@
 """The hybrid model's explicit recurrent state: typed NamedTuples, one entry per layer.
 
-Notation: [batch, time, heads, key]; ``channels`` is the width of the GDN layer's
-convolved q/k/v projections, heads * (2 * key + value).
+Notation: [batch, time, heads, key]; ``channels`` is the width of a fast-weight layer's
+convolved projections: heads * (2 * key + value) for GDN (q, k and v), heads * value for a
+Jet block (v only; its dynamic convolution's kernels come from the layer input).
 
 Two kinds of per-layer state, with different lifetimes:
 
@@ -33,7 +34,7 @@ EMPTY_POSITION = -1  # KVCache.positions value of a slot that holds no token
 
 
 class FastWeightState(NamedTuple):
-    """State of one GDN (fast-weight) layer."""
+    """State of one fast-weight layer (GDN or Jet)."""
 
     fast_weights: jax.Array  # [batch, heads, key, value] float32, the paper's S
     conv_tail: jax.Array  # [batch, conv_size - 1, channels]: pre-conv inputs of the last tokens
@@ -83,10 +84,12 @@ def init_state(
     conv_size: int,
     cache_len: int,
     dtype=jnp.float32,
+    jet_value_head_dim: int | None = None,
 ) -> ModelState:
     """Zero state: empty fast weights, zero conv tails, empty KV caches.
 
-    GDN layers use key = value = head_dim. ``dtype`` is the compute dtype (conv tails and
+    GDN layers use key = value = head_dim; Jet layers key = head_dim and value =
+    ``jet_value_head_dim`` (default head_dim). ``dtype`` is the compute dtype (conv tails and
     cached keys/values); fast weights are always float32.
     """
     layers = []
@@ -99,10 +102,18 @@ def init_state(
                     conv_tail=jnp.zeros((batch, conv_size - 1, channels), dtype),
                 )
             )
+        elif kind == "jet":
+            value = head_dim if jet_value_head_dim is None else jet_value_head_dim
+            layers.append(
+                FastWeightState(
+                    fast_weights=jnp.zeros((batch, heads, head_dim, value), jnp.float32),
+                    conv_tail=jnp.zeros((batch, conv_size - 1, heads * value), dtype),
+                )
+            )
         elif kind == "attn":
             layers.append(empty_cache(batch, cache_len, heads, head_dim, dtype))
         else:
-            raise ValueError(f"unknown layer kind {kind!r}; allowed: attn, gdn")
+            raise ValueError(f"unknown layer kind {kind!r}; allowed: attn, gdn, jet")
     return ModelState(layers=tuple(layers))
 
 
@@ -147,5 +158,5 @@ def restart_local(state: ModelState, start: ModelState, first: int, stop: int) -
 
 
 def fast_weights(state: ModelState) -> tuple[jax.Array, ...]:
-    """The fast weights of every GDN layer, in layer order."""
+    """The fast weights of every fast-weight (GDN or Jet) layer, in layer order."""
     return tuple(x.fast_weights for x in state.layers if isinstance(x, FastWeightState))
