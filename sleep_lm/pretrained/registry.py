@@ -5,6 +5,10 @@ HybridLM stage interface (embed / blocks / head, explicit ModelState). `load_hf`
 family up by the checkpoint's model_type; `config.model.family` looks it up by name.
 Parameter names follow the generic flax <-> HF rule in `sleep_lm/pretrained/hf.py`, so a
 family needs no name table unless it deviates.
+
+`build(cfg)` returns a module with a default `window`; `load_hf(path, window=L)` sets the
+sleep window with `module.clone(window=L)`, so a family's module must have a `window`
+dataclass field (with a default) rather than taking it through `build`.
 """
 
 from __future__ import annotations
