@@ -17,6 +17,18 @@ sleep_lm.main) or a directory whose immediate subdirectories are runs (a sweep r
 - OUT/curves_accuracy.png, OUT/curves_loss.png: eval accuracy / loss against training tokens,
   one line per N, one panel per difficulty.
 
+Chance level: the report.md gives, and every plot draws as a dashed line, the level a model
+reaches without learning the task, per difficulty (`chance_level`): Rule 110 at depth t from
+the label distribution of the task generator itself (the labels are not balanced): guess each
+label position's majority bit, which gets token accuracy max(p, 1 - p), all labels right
+(accuracy) with the measured frequency, and loss the labels' entropy; Depo from its answer
+set: guess uniformly among the n nodes of the cycle, n ~ U[min_nodes, max_nodes], which gets
+token accuracy E[1/n], accuracy (all queries right) E[n^-queries] and loss E[log n].
+
+Seeds: runs whose configs differ only in `seed` are one point. report.md then has a second
+table with the mean, min and max over the seeds of each final metric, and the plots draw the
+mean with a min-max error bar (accuracy vs N) or band (curves).
+
 Training tokens are step * train.batch_size * seq_len (seq_len from config.task.seq_len, or
 else from the task itself); when neither is known the x axis is the step. Plots need
 matplotlib (`pip install 'sleep_lm[report]'`); without it the table is still written and the
@@ -36,6 +48,9 @@ DIFFICULTY_FIELDS = {"rule110": ("task.steps", "t"), "depo": ("task.hops", "k")}
 PASSES = "sleep.passes"
 _METRIC_ORDER = ("accuracy", "token_accuracy", "loss")
 _DIFFICULTY_KEY = re.compile(r"^eval/(?P<metric>[^@]+)@(?P<name>[A-Za-z_]+)=(?P<value>.+)$")
+
+
+SEED = "seed"
 
 
 @dataclasses.dataclass
@@ -176,6 +191,152 @@ def format_tokens(tokens: int | None) -> str:
     return str(tokens)
 
 
+# ----------------------------------------------------------------------------- chance level
+
+_CHANCE_SAMPLES = 20_000  # Rule 110 examples drawn to measure the label distribution.
+_CHANCE_CACHE: dict[tuple, dict] = {}
+
+
+def rule110_chance(steps: int, state_bits: int = 24, num_states: int = 4) -> dict[str, float]:
+    """Eval metrics of guessing each label position's majority bit at depth t = `steps`,
+    measured on `_CHANCE_SAMPLES` examples of the task generator (fixed seed): accuracy (all
+    labels right), token_accuracy, and loss (the labels' entropy in nats, the loss of
+    predicting each position's bit frequencies)."""
+    key = ("rule110", int(steps), int(state_bits), int(num_states))
+    if key not in _CHANCE_CACHE:
+        import numpy as np
+
+        from sleep_lm.tasks.rule110 import Rule110
+
+        task = Rule110(int(steps), int(state_bits), int(num_states))
+        batch = task.sample(np.random.default_rng(12345), _CHANCE_SAMPLES)
+        labels = batch["targets"][batch["loss_mask"]].reshape(_CHANCE_SAMPLES, -1)
+        p = labels.mean(axis=0)  # P(label = 1) per position
+        right = labels == (p >= 0.5)
+        q = np.clip(p, 1e-12, 1 - 1e-12)
+        entropy = -(q * np.log(q) + (1 - q) * np.log(1 - q))
+        _CHANCE_CACHE[key] = {
+            "accuracy": float(right.all(axis=1).mean()),
+            "token_accuracy": float(right.mean()),
+            "loss": float(entropy.mean()),
+        }
+    return _CHANCE_CACHE[key]
+
+
+def depo_chance(min_nodes: int = 3, max_nodes: int = 75, num_queries: int = 10) -> dict:
+    """Eval metrics of guessing uniformly among the cycle's n nodes, n ~ U[min_nodes,
+    max_nodes] (the answer set; the same for every hop count k)."""
+    sizes = range(int(min_nodes), int(max_nodes) + 1)
+    mean = lambda f: sum(f(n) for n in sizes) / len(sizes)  # noqa: E731
+    return {
+        "accuracy": mean(lambda n: n ** -float(num_queries)),
+        "token_accuracy": mean(lambda n: 1.0 / n),
+        "loss": mean(math.log),
+    }
+
+
+def chance_level(config: dict, metric: str, difficulty: "Difficulty | None" = None):
+    """The chance level of eval `metric` ("accuracy", "token_accuracy", "loss") for a run's
+    flattened `config` at `difficulty` (None: the run's own), or None for an unknown task."""
+    task = config.get("task.name")
+    if task == "rule110":
+        steps = config.get("task.steps")
+        if difficulty is not None and difficulty.suffix.startswith("@t="):
+            steps = int(difficulty.suffix.removeprefix("@t="))
+        elif difficulty is not None and difficulty.field_value is not None:
+            steps = difficulty.field_value[1]
+        if steps is None:
+            return None
+        levels = rule110_chance(
+            steps, config.get("task.state_bits", 24), config.get("task.num_states", 4)
+        )
+    elif task == "depo":
+        levels = depo_chance(
+            config.get("task.min_nodes", 3),
+            config.get("task.max_nodes", 75),
+            config.get("task.num_queries", 10),
+        )
+    else:
+        return None
+    return levels.get(metric)
+
+
+def _own_difficulty(config: dict) -> str:
+    # Rule 110's depth when every run has the same one; Depo's training mix of hop counts.
+    if config.get("task.name") == "rule110" and "task.steps" in config:
+        return f"t={config['task.steps']}"
+    return "all"
+
+
+def chance_table(runs: list[Run]) -> str:
+    """Markdown table of the chance level per difficulty (empty when no task is known)."""
+    rows = []
+    for difficulty in difficulties(runs, "accuracy"):
+        chosen = _runs_for(runs, difficulty)
+        levels = [chance_level(chosen[0].config, m, difficulty) for m in _METRIC_ORDER]
+        if chosen and any(v is not None for v in levels):
+            label = difficulty.label or _own_difficulty(chosen[0].config)
+            rows.append([label, *map(format_value, levels)])
+    if not rows:
+        return ""
+    header = ["difficulty", *_METRIC_ORDER]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def group_by_seed(runs: list[Run]) -> list[list[Run]]:
+    """Runs whose configs are equal but for `seed`, in first-seen order."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        key = json.dumps({k: v for k, v in run.config.items() if k != SEED}, sort_keys=True)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(mean, min, max) of the finite values; NaN when none is finite."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return (math.nan, math.nan, math.nan)
+    return (sum(finite) / len(finite), min(finite), max(finite))
+
+
+def seed_table(runs: list[Run]) -> str:
+    """Markdown table over seeds: one row per group of runs equal but for `seed`, each final
+    metric as `mean [min, max]`, with the number of seeds."""
+    fields = [f for f in varying_fields(runs) if f != SEED]
+    metrics = metric_names(runs)
+    header = ["N", *fields, "seeds", "step", *(m.removeprefix("eval/") for m in metrics)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    groups = group_by_seed(runs)
+    groups.sort(key=lambda g: _sort_key(g[0], fields))
+    for group in groups:
+        cells = []
+        for m in metrics:
+            values = [run.final[m] for run in group if m in run.final]
+            if not values:
+                cells.append("-")
+                continue
+            mean, low, high = spread(values)
+            if len(values) == 1:
+                cells.append(format_value(mean))
+            else:
+                cells.append(f"{format_value(mean)} [{format_value(low)}, {format_value(high)}]")
+        steps = sorted({run.final.get("step") for run in group})
+        row = [
+            format_value(group[0].passes),
+            *(format_value(group[0].config.get(f)) for f in fields),
+            str(len(group)),
+            "/".join(map(format_value, steps)),
+            *cells,
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(runs: list[Run]) -> str:
     """Markdown table of the final eval metrics, one row per run."""
     fields = varying_fields(runs)
@@ -251,8 +412,9 @@ def _plain(value) -> str:
 
 
 def _group_fields(runs: list[Run], difficulty_list: list[Difficulty]) -> list[str]:
-    """Varying fields other than N and the difficulty field: they split lines further."""
-    used = {d.field_value[0] for d in difficulty_list if d.field_value}
+    """Varying fields other than N, the seed and the difficulty field: they split lines
+    further (runs that differ only in seed are averaged)."""
+    used = {d.field_value[0] for d in difficulty_list if d.field_value} | {SEED}
     return [f for f in varying_fields(runs) if f not in used]
 
 
@@ -276,9 +438,21 @@ def _plt():
     return plt
 
 
+def _chance_for(runs: list[Run], metric: str, difficulty: Difficulty):
+    """The chance level shared by all `runs` at `difficulty`, or None (unknown or differing)."""
+    levels = {chance_level(run.config, metric, difficulty) for run in runs}
+    return levels.pop() if len(levels) == 1 else None
+
+
+def _draw_chance(ax, level, color="0.4", label="chance") -> None:
+    if level is not None:
+        ax.axhline(level, color=color, linestyle="--", linewidth=1, alpha=0.8, label=label)
+
+
 def plot_vs_passes(runs: list[Run], path: Path) -> list[str]:
     """Final eval accuracy (and token accuracy) against N, one line per difficulty (and per
-    combination of the other varying fields). Returns the metrics plotted."""
+    combination of the other varying fields); the mean over seeds with a min-max error bar,
+    and the difficulty's chance level dashed. Returns the metrics plotted."""
     metrics = [m for m in ("accuracy", "token_accuracy") if _has(runs, difficulties(runs, m), m)]
     if not metrics:
         return []
@@ -287,17 +461,35 @@ def plot_vs_passes(runs: list[Run], path: Path) -> list[str]:
     for ax, metric in zip(axes[0], metrics, strict=True):
         found = difficulties(runs, metric)
         group = _group_fields(runs, found)
+        color = 0
         for difficulty in found:
-            lines: dict[str, list] = {}
+            lines: dict[str, dict] = {}
             for run in _runs_for(runs, difficulty):
                 value = run.final.get(f"eval/{metric}{difficulty.suffix}")
                 if value is None or run.passes is None:
                     continue
-                lines.setdefault(_label(run, group), []).append((run.passes, value))
-            for extra, points in sorted(lines.items()):
-                points.sort()
+                lines.setdefault(_label(run, group), {}).setdefault(run.passes, []).append(value)
+            first = color
+            for extra, by_n in sorted(lines.items()):
+                xs = sorted(by_n)
+                stats = [spread(by_n[n]) for n in xs]
+                means = [m for m, _, _ in stats]
+                # max(0, .): the mean of equal floats can round past them.
+                err = [
+                    [max(0.0, m - lo) for m, lo, _ in stats],
+                    [max(0.0, hi - m) for m, _, hi in stats],
+                ]
+                seeds = max(len(v) for v in by_n.values())
                 label = ", ".join(p for p in (difficulty.label, extra) if p) or metric
-                ax.plot(*zip(*points, strict=True), marker="o", label=label)
+                if seeds > 1:
+                    label += f" (mean of {seeds} seeds, min-max)"
+                ax.errorbar(
+                    xs, means, yerr=err, marker="o", capsize=3, label=label, color=f"C{color % 10}"
+                )
+                color += 1
+            level = _chance_for(_runs_for(runs, difficulty), metric, difficulty)
+            chance_label = " ".join(p for p in ("chance", difficulty.label) if p)
+            _draw_chance(ax, level, color=f"C{first % 10}", label=chance_label)
         ax.set_xlabel("sleep passes N")
         ax.set_ylabel(f"final eval {metric.replace('_', ' ')}")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -315,7 +507,8 @@ def _has(runs, found, metric) -> bool:
 
 def plot_curves(runs: list[Run], metric: str, path: Path) -> bool:
     """Eval `metric` against training tokens, one panel per difficulty, one line per N (and
-    per combination of the other varying fields). False (and no file) if no run logs it."""
+    per combination of the other varying fields): the mean over seeds with a min-max band,
+    and the chance level dashed. False (and no file) if no run logs it."""
     found = [d for d in difficulties(runs, metric) if _has(runs, [d], metric)]
     if not found:
         return False
@@ -331,19 +524,34 @@ def plot_curves(runs: list[Run], metric: str, path: Path) -> bool:
     rows = -(-len(found) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.8 * rows), squeeze=False, sharey=True)
     for ax, difficulty in zip(axes.flat, found, strict=False):
-        selected = sorted(
-            _runs_for(runs, difficulty), key=lambda r: (_label(r, group), r.passes or 0)
-        )
-        for run in selected:
-            key = f"eval/{metric}{difficulty.suffix}"
-            color = f"C{colors[(run.passes, _label(run, group))] % 10}"
-            points = [(r["step"], r[key]) for r in run.evals if key in r]
-            if not points:
+        selected = _runs_for(runs, difficulty)
+        key = f"eval/{metric}{difficulty.suffix}"
+        for line in lines:
+            members = [r for r in selected if (r.passes, _label(r, group)) == line]
+            by_step: dict[int, list] = {}
+            for run in members:
+                for record in run.evals:
+                    if key in record:
+                        x = record["step"] * run.tokens_per_step if tokens else record["step"]
+                        by_step.setdefault(x, []).append(record[key])
+            if not by_step:
                 continue
-            steps, values = zip(*points, strict=True)
-            x = [s * run.tokens_per_step for s in steps] if tokens else steps
-            label = ", ".join(p for p in (f"N={run.passes}", _label(run, group)) if p)
-            ax.plot(x, values, marker=".", label=label, color=color)
+            xs = sorted(by_step)
+            stats = [spread(by_step[x]) for x in xs]
+            color = f"C{colors[line] % 10}"
+            label = ", ".join(p for p in (f"N={line[0]}", line[1]) if p)
+            if len(members) > 1:
+                label += f" ({len(members)} seeds)"
+                ax.fill_between(
+                    xs,
+                    [lo for _, lo, _ in stats],
+                    [hi for _, _, hi in stats],
+                    color=color,
+                    alpha=0.2,
+                    linewidth=0,
+                )
+            ax.plot(xs, [m for m, _, _ in stats], marker=".", label=label, color=color)
+        _draw_chance(ax, _chance_for(selected, metric, difficulty))
         ax.set_title(difficulty.label or metric.replace("_", " "))
         ax.set_xlabel("training tokens" if tokens else "step")
         ax.set_ylabel(f"eval {metric.replace('_', ' ')}")
@@ -379,6 +587,21 @@ def write_report(paths, out: str | Path) -> Path:
     if empty:
         parts += ["", f"Left out (no eval line yet): {', '.join(empty)}."]
     parts += ["", table(runs)]
+    if any(len(group) > 1 for group in group_by_seed(runs)):
+        parts += [
+            "Over seeds (runs equal but for `seed`): mean [min, max] of the final metrics.",
+            "",
+            seed_table(runs),
+        ]
+    chance = chance_table(runs)
+    if chance:
+        parts += [
+            "Chance level (no learning; dashed in the plots): Rule 110 guesses each label "
+            "position's majority bit (measured on the task generator), Depo guesses uniformly "
+            "among the cycle's nodes; loss is the labels' entropy / E[log n].",
+            "",
+            chance,
+        ]
     report = out / "report.md"
     report.write_text("\n".join(parts))  # The table even if the plots fail below.
 

@@ -31,7 +31,13 @@ def rule110_config(passes, steps, seed=0, batch_size=8):
 
 
 def table_rows(text: str) -> list[list[str]]:
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    """Cells of the first markdown table in `text`."""
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("|"):
+            lines.append(line)
+        elif lines:
+            break
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
 
 
@@ -164,3 +170,71 @@ def test_without_matplotlib_the_table_is_still_written(tmp_path, monkeypatch, ca
     assert "pip install 'sleep_lm[report]'" in capsys.readouterr().err
     assert table_rows((tmp_path / "out" / "report.md").read_text())[2][0] == "run"
     assert not list((tmp_path / "out").glob("*.png"))
+
+
+def test_chance_levels_from_the_task_generators():
+    # t = 0: labels are uniform random bits; t = 1: P(1) = 5/8 (five of Rule 110's eight
+    # neighbourhoods give 1), so the majority guess is 1 and gets 5/8 per label.
+    zero, one = report.rule110_chance(0), report.rule110_chance(1)
+    assert zero["token_accuracy"] == pytest.approx(0.5, abs=0.01)
+    assert zero["accuracy"] == pytest.approx(1 / 16, abs=0.01)
+    assert zero["loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert one["token_accuracy"] == pytest.approx(5 / 8, abs=0.01)
+    assert one["accuracy"] == pytest.approx((5 / 8) ** 4, abs=0.01)
+    depo = report.depo_chance(min_nodes=3, max_nodes=4, num_queries=2)
+    assert depo["token_accuracy"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    assert depo["accuracy"] == pytest.approx((1 / 9 + 1 / 16) / 2)
+    assert depo["loss"] == pytest.approx((math.log(3) + math.log(4)) / 2)
+    # Per difficulty: the @t= suffix, else the swept field, else the run's own depth.
+    config = report.flatten(rule110_config(1, 1))
+    at3 = report.Difficulty("t=3", "@t=3", None)
+    assert report.chance_level(config, "accuracy", at3) == report.rule110_chance(3)["accuracy"]
+    assert report.chance_level(config, "loss") == one["loss"]
+    assert report.chance_level({"task.name": "other"}, "accuracy") is None
+
+
+def test_seeds_are_aggregated_and_chance_is_drawn(tmp_path, monkeypatch):
+    # Three seeds at N = 1 and 2, Rule 110 t = 1 and 2.
+    final = {(1, 1): [0.2, 0.3, 0.4], (2, 1): [0.9, 1.0, 0.8], (1, 2): [0.1, 0.1, 0.1]}
+    final[(2, 2)] = [0.5, 0.7, 0.6]
+    for (passes, steps), values in final.items():
+        for seed, value in enumerate(values):
+            records = [
+                {"step": 10, "eval/accuracy": value / 2, "eval/loss": 1.0},
+                {"step": 20, "eval/accuracy": value, "eval/loss": 0.5},
+            ]
+            name = f"passes{passes}_steps{steps}_seed{seed}"
+            write_run(tmp_path / "root" / name, rule110_config(passes, steps, seed), records)
+    drawn = []
+    real_draw = report._draw_chance
+    monkeypatch.setattr(
+        report, "_draw_chance", lambda ax, level, **kw: drawn.append(level) or real_draw(ax, level)
+    )
+    out = tmp_path / "out"
+    text = report.write_report([str(tmp_path / "root")], out).read_text()
+
+    seed_part = text.split("Over seeds")[1].split("Chance level")[0]
+    rows = table_rows(seed_part)
+    assert rows[0] == ["N", "task.steps", "seeds", "step", "accuracy", "loss"]
+    assert rows[2] == ["1", "1", "3", "20", "0.3000 [0.2000, 0.4000]", "0.5000 [0.5000, 0.5000]"]
+    assert rows[3][:5] == ["2", "1", "3", "20", "0.9000 [0.8000, 1.0000]"]
+    assert rows[5][:5] == ["2", "2", "3", "20", "0.6000 [0.5000, 0.7000]"]
+
+    chance_rows = table_rows(text.split("Chance level")[1].split("## Plots")[0])
+    assert chance_rows[0] == ["difficulty", "accuracy", "token_accuracy", "loss"]
+    assert [row[0] for row in chance_rows[2:]] == ["t=1", "t=2"]
+    assert chance_rows[2][1] == f"{report.rule110_chance(1)['accuracy']:.4f}"
+    # accuracy vs N (one chance line per t), then one per panel of each curves plot.
+    t1, t2 = report.rule110_chance(1), report.rule110_chance(2)
+    assert drawn == [t1["accuracy"], t2["accuracy"]] + [t1["accuracy"], t2["accuracy"]] + [
+        t1["loss"],
+        t2["loss"],
+    ]
+    for name in ("accuracy_vs_passes.png", "curves_accuracy.png", "curves_loss.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    # Seed lines averaged: the per-run table keeps every run (seed column), the plots do not
+    # split lines by seed.
+    loaded = [report.load_run(p) for p in report.find_runs([tmp_path / "root"])]
+    assert "seed" in report.varying_fields(loaded)
+    assert report._group_fields(loaded, report.difficulties(loaded, "accuracy")) == []
+    assert report.spread([1.0, math.nan, 3.0]) == (2.0, 1.0, 3.0)
