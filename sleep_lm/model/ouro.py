@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -71,6 +70,7 @@ from sleep_lm.model import state as state_lib
 from sleep_lm.model.attention import attention_mask, write_cache
 from sleep_lm.model.positions import rotary
 from sleep_lm.model.state import KVCache, ModelState, constrain
+from sleep_lm.ops import PRECISIONS
 
 SLEEP_LOOPS = ("all", "last")
 GDN_IMPLS = ("chunked", "recurrent")
@@ -94,16 +94,20 @@ class OuroConfig:
         num_hidden_layers), heads, kv_heads, head_dim, rope_theta, norm_eps (rms_norm_eps).
       total_ut_steps: loops of the stack.
       early_exit_threshold: kept for the round trip; the readout is always the last loop.
-      window: L, the attention window and default KV cache length (the sleep window).
       jet_positions: insertion point of each new Jet layer (before original layer p).
-      jet: the JetConfig of the inserted layers (sleep_lm.model.jet); None without them.
-        Its width, gdn_impl and dtype follow this config's.
+      jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size,
+        jet_generator_reduction, jet_norm_eps: the inserted Jet layers' JetConfig
+        (sleep_lm/model/jet.py). Defaults for Ouro-1.4B's width 2048: Jet-Nemotron-2B's
+        head shape (96 / 256, 16 heads: value dim 4096 = 2 x width as there).
       jet_identity_init: zero the Jet layers' o_proj at init (identity residual layers).
       sleep_loops: "all" | "last": which loops a sleep pass runs (module docstring).
-      gdn_impl: ops implementation of the Jet layers' delta rule ("chunked" | "recurrent").
+      gdn_impl, chunk_size, gdn_precision: ops settings of the Jet layers' delta rule.
       dtype: compute dtype name; parameters are float32.
-      hf_extra: JSON object (string) of config.json keys this config does not model, kept
-        for the export (token ids, max_position_embeddings, ...).
+      hf_extra: JSON object text of config.json keys this config does not model (token
+        ids, max_position_embeddings, ...), written back on export; "" for none.
+
+    The sleep window L (attention mask window, default KV cache length) is the module's
+    ``window`` field, not part of this config (``OuroLM(config, window=L)``).
     """
 
     vocab_size: int = 49152
@@ -117,18 +121,24 @@ class OuroConfig:
     norm_eps: float = 1e-6
     total_ut_steps: int = 4
     early_exit_threshold: float = 1.0
-    window: int = 2048
     jet_positions: tuple[int, ...] = ()
-    jet: Any = None
+    jet_heads: int = 16
+    jet_key_head_dim: int = 96
+    jet_value_head_dim: int = 256
+    jet_conv_size: int = 4
+    jet_generator_reduction: int = 8
+    jet_norm_eps: float = 1e-5
     jet_identity_init: bool = True
     sleep_loops: str = "all"
     gdn_impl: str = "chunked"
+    chunk_size: int = 64
+    gdn_precision: str = "highest"
     dtype: str = "float32"
-    hf_extra: str = "{}"
+    hf_extra: str = ""
 
     def __post_init__(self):
         def bad(field, allowed, got):
-            return ValueError(f"ouro.{field}: allowed {allowed}, got {got!r}")
+            return ValueError(f"model.{field}: allowed {allowed}, got {got!r}")
 
         for field in (
             "vocab_size",
@@ -139,7 +149,12 @@ class OuroConfig:
             "kv_heads",
             "head_dim",
             "total_ut_steps",
-            "window",
+            "jet_heads",
+            "jet_key_head_dim",
+            "jet_value_head_dim",
+            "jet_conv_size",
+            "jet_generator_reduction",
+            "chunk_size",
         ):
             value = getattr(self, field)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -154,17 +169,16 @@ class OuroConfig:
             for p in positions
         ) or list(positions) != sorted(positions):
             raise bad("jet_positions", f"sorted ints in 0..{self.num_layers}", positions)
-        if positions and self.jet is None:
-            raise bad("jet", "a JetConfig when jet_positions is set", None)
         for field, allowed in (
             ("sleep_loops", SLEEP_LOOPS),
             ("gdn_impl", GDN_IMPLS),
+            ("gdn_precision", PRECISIONS),
             ("dtype", DTYPES),
         ):
             if getattr(self, field) not in allowed:
                 raise bad(field, allowed, getattr(self, field))
         try:
-            extra = json.loads(self.hf_extra)
+            extra = json.loads(self.hf_extra) if self.hf_extra else {}
         except (TypeError, ValueError):
             extra = None
         if not isinstance(extra, dict):
@@ -190,11 +204,22 @@ class OuroConfig:
         """One kind per unit (loop-major): what ``blocks(start, stop)`` indexes."""
         return tuple(kind for kind, _ in self.stack) * self.total_ut_steps
 
-    @property
     def jet_config(self):
-        """The inserted layers' JetConfig with this config's width, gdn_impl and dtype."""
-        return dataclasses.replace(
-            self.jet, width=self.width, gdn_impl=self.gdn_impl, dtype=self.dtype
+        """The inserted layers' JetConfig (sleep_lm/model/jet.py)."""
+        from sleep_lm.model.jet import JetConfig
+
+        return JetConfig(
+            width=self.width,
+            heads=self.jet_heads,
+            key_head_dim=self.jet_key_head_dim,
+            value_head_dim=self.jet_value_head_dim,
+            conv_size=self.jet_conv_size,
+            generator_reduction=self.jet_generator_reduction,
+            norm_eps=self.jet_norm_eps,
+            gdn_impl=self.gdn_impl,
+            chunk_size=self.chunk_size,
+            precision=self.gdn_precision,
+            dtype=self.dtype,
         )
 
 
@@ -222,6 +247,7 @@ class OuroAttention(nn.Module):
     """
 
     config: OuroConfig
+    window: int
 
     @nn.compact
     def __call__(self, x: jax.Array, cache: KVCache, positions: jax.Array):
@@ -250,7 +276,7 @@ class OuroAttention(nn.Module):
             "bqkgd,bskd->bkgqs", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32
         )
         scores = scores * dim**-0.5
-        mask = attention_mask(positions, k_pos, cfg.window)[:, :, None]  # [batch, 1, 1, q, s]
+        mask = attention_mask(positions, k_pos, self.window)[:, :, None]  # [batch, 1, 1, q, s]
         scores = jnp.where(mask, scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(cfg.compute_dtype))
@@ -273,11 +299,12 @@ class OuroLayer(nn.Module):
     """One sandwich-norm decoder layer: (h, KVCache, positions) -> (h, KVCache)."""
 
     config: OuroConfig
+    window: int
 
     @nn.compact
     def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array):
         cfg = self.config
-        y, cache = OuroAttention(cfg, name="self_attn")(
+        y, cache = OuroAttention(cfg, self.window, name="self_attn")(
             _norm(cfg, "input_layernorm")(h), cache, positions
         )
         h = h + _norm(cfg, "input_layernorm_2")(y)
@@ -296,7 +323,7 @@ class JetLayer(nn.Module):
         from sleep_lm.model.jet import JetBlock  # jet.py is only needed with Jet layers
 
         cfg = self.config
-        y, layer_state = JetBlock(cfg.jet_config, name="self_attn")(
+        y, layer_state = JetBlock(cfg.jet_config(), name="self_attn")(
             _norm(cfg, "input_layernorm")(h), layer_state, positions
         )
         return nn.with_logical_constraint(h + y, ("batch", None, None)), layer_state
@@ -306,6 +333,7 @@ class OuroModel(nn.Module):
     """The ``model.`` scope of the checkpoint: embeddings, layers, Jet layers, norm, gate."""
 
     config: OuroConfig
+    window: int
 
     def setup(self):
         cfg = self.config
@@ -316,7 +344,7 @@ class OuroModel(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=jnp.float32,
         )
-        self.layers = [OuroLayer(cfg) for _ in range(cfg.num_layers)]
+        self.layers = [OuroLayer(cfg, self.window) for _ in range(cfg.num_layers)]
         self.jet_layers = [JetLayer(cfg) for _ in cfg.jet_positions]
         self.norm = nn.RMSNorm(
             epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32
@@ -344,17 +372,20 @@ class OuroModel(nn.Module):
 
 
 class OuroLM(nn.Module):
-    """Ouro causal LM with the HybridLM stage interface (module docstring)."""
+    """Ouro causal LM with the HybridLM stage interface (module docstring).
+
+    Attributes:
+      config: OuroConfig.
+      window: the sleep window L: attention mask window (a query sees itself and L - 1
+        earlier tokens) and default KV cache length.
+    """
 
     config: OuroConfig
+    window: int = 2048
 
     @property
     def vocab_size(self) -> int:
         return self.config.vocab_size
-
-    @property
-    def window(self) -> int:
-        return self.config.window
 
     @property
     def sleep_loop_blocks(self) -> str:
@@ -365,7 +396,7 @@ class OuroLM(nn.Module):
         return f"{(self.config.total_ut_steps - 1) * size}:"
 
     def setup(self):
-        self.model = OuroModel(self.config)
+        self.model = OuroModel(self.config, self.window)
         self.lm_head = _dense(self.config, self.config.vocab_size, None)
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
@@ -439,7 +470,7 @@ class OuroLM(nn.Module):
         """Zero state for ``batch`` sequences: an empty KV cache of ``cache_len`` slots
         (default window) per (loop, attention layer), zero Jet state per (loop, Jet layer)."""
         cfg = self.config
-        cache_len = cfg.window if cache_len is None else cache_len
+        cache_len = self.window if cache_len is None else cache_len
         layers = []
         for kind in cfg.layers:
             if kind == "attn":
@@ -451,7 +482,7 @@ class OuroLM(nn.Module):
             else:
                 from sleep_lm.model.jet import jet_state
 
-                layers.append(jet_state(cfg.jet_config, batch, cfg.compute_dtype))
+                layers.append(jet_state(cfg.jet_config(), batch, cfg.compute_dtype))
         return ModelState(layers=tuple(layers))
 
 
@@ -475,30 +506,33 @@ def insert_jet_layers(
     params: dict,
     rng: jax.Array,
     *,
-    jet,
     positions: tuple[int, ...] | None = None,
     count: int = 6,
     identity: bool = True,
+    **jet_fields,
 ) -> tuple[OuroLM, dict]:
     """Inserts freshly initialised Jet layers into a (loaded) Ouro model.
 
-    jet: the JetConfig of the new layers (width, gdn_impl and dtype follow the model's);
     positions: insertion points (before original layer p), default ``even_jet_positions(
-    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0). The model must
-    have no Jet layers yet. Returns (new model, params with the old tensors unchanged).
+    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0); jet_fields:
+    OuroConfig ``jet_*`` overrides of the new layers' shape. The model must have no Jet
+    layers yet. Returns (new model, params): the loaded tensors unchanged, the new layers'
+    from a fresh init.
     """
     cfg = model.config
     if cfg.jet_positions:
         raise ValueError(
-            f"ouro.jet_positions: the model already has Jet layers {cfg.jet_positions}"
+            f"model.jet_positions: the model already has Jet layers {cfg.jet_positions}"
         )
-    positions = even_jet_positions(cfg.num_layers, count) if positions is None else tuple(positions)
+    for name in jet_fields:
+        if not name.startswith("jet_") or not hasattr(cfg, name):
+            raise ValueError(f"model.{name}: not a Jet-layer field of OuroConfig")
+    if positions is None:
+        positions = even_jet_positions(cfg.num_layers, count)
     new_cfg = dataclasses.replace(
-        cfg, jet_positions=positions, jet=jet, jet_identity_init=bool(identity)
+        cfg, jet_positions=tuple(positions), jet_identity_init=bool(identity), **jet_fields
     )
-    new_model = OuroLM(new_cfg)
+    new_model = model.clone(config=new_cfg)
     fresh = new_model.init_params(rng)
-    merged = dict(fresh["model"])
-    merged.update(params["model"])
-    out = {**fresh, **{k: v for k, v in params.items() if k != "model"}, "model": merged}
-    return new_model, out
+    merged = {**fresh["model"], **params["model"]}
+    return new_model, {**fresh, **params, "model": merged}

@@ -1,0 +1,182 @@
+"""The ``ouro`` family: Hugging Face Ouro config.json <-> OuroConfig, registered for load_hf.
+
+Reads the hub's Ouro checkpoints (``model_type`` "ouro", e.g. ByteDance/Ouro-1.4B:
+Apache-2.0) with the generic flax <-> HF name rule of sleep_lm/pretrained/hf.py; the
+parameter tree of sleep_lm/model/ouro.py mirrors the checkpoint names, early-exit gate
+included (``model.early_exit_gate.{weight,bias}``).
+
+Options of ``load_hf(path, **options)`` for this family (besides ``window`` and ``mesh``):
+``dtype``, ``gdn_impl``, ``chunk_size``, ``gdn_precision`` (the inserted Jet layers' delta
+rule), ``sleep_loops`` ("all" | "last", see sleep_lm/model/ouro.py), ``total_ut_steps``
+(run fewer or more loops than the checkpoint's: exiting at loop k is total_ut_steps=k + 1)
+and ``jet_identity_init``.
+
+Inserted Jet layers (``sleep_lm.model.ouro.insert_jet_layers``) are exported as tensors
+``model.jet_layers.{j}.input_layernorm.weight`` and ``model.jet_layers.{j}.self_attn.*``
+(the JetBlock's Jet-Nemotron names) with two config.json fields: ``jet_positions`` (the
+original layer each is inserted before) and ``jet_config`` ({heads, key_head_dim,
+value_head_dim, conv_size, generator_reduction, norm_eps}); load_hf reads them back, so
+export -> load is exact. Such a directory is for sleep_lm: the hub's remote code does not
+know the extra tensors.
+
+Not supported (one-line ValueErrors naming the config.json field): sliding-window layers,
+RoPE scaling, tied embeddings, an activation other than SiLU.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sleep_lm.model.ouro import OuroConfig, OuroLM
+from sleep_lm.pretrained import registry
+
+# config.json keys this family models (the rest is kept verbatim in OuroConfig.hf_extra).
+_MODELLED = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rope_theta",
+    "rms_norm_eps",
+    "total_ut_steps",
+    "early_exit_threshold",
+    "tie_word_embeddings",
+    "hidden_act",
+    "jet_positions",
+    "jet_config",
+)
+_JET_KEYS = (
+    "heads",
+    "key_head_dim",
+    "value_head_dim",
+    "conv_size",
+    "generator_reduction",
+    "norm_eps",
+)
+OPTIONS = (
+    "dtype",
+    "gdn_impl",
+    "chunk_size",
+    "gdn_precision",
+    "sleep_loops",
+    "total_ut_steps",
+    "jet_identity_init",
+)
+
+
+def _bad(field: str, allowed: str, got) -> ValueError:
+    return ValueError(f"config.json {field}: allowed {allowed}, got {got!r}")
+
+
+def _rope_theta(hf: dict) -> float:
+    theta = hf.get("rope_theta")
+    params = hf.get("rope_parameters")  # transformers >= 5 writes rope settings here
+    if theta is None and isinstance(params, dict):
+        theta = params.get("rope_theta")
+    if theta is None:
+        raise _bad("rope_theta", "a number", None)
+    for key in ("rope_scaling", "rope_parameters"):
+        scaling = hf.get(key)
+        if isinstance(scaling, dict) and scaling.get("rope_type", "default") != "default":
+            raise _bad(f"{key}.rope_type", '"default" (RoPE scaling is not supported)', scaling)
+    return float(theta)
+
+
+def config_from_hf(hf: dict, **options) -> OuroConfig:
+    """OuroConfig from an Ouro config.json dict and load options (ValueError naming the field)."""
+    for name in options:
+        if name not in OPTIONS:
+            raise ValueError(f"load option {name!r} is not known to the ouro family: {OPTIONS}")
+    if hf.get("model_type") != "ouro":
+        raise _bad("model_type", '"ouro"', hf.get("model_type"))
+    if hf.get("hidden_act", "silu") != "silu":
+        raise _bad("hidden_act", '"silu"', hf.get("hidden_act"))
+    if hf.get("tie_word_embeddings", False):
+        raise _bad("tie_word_embeddings", "false (Ouro's head is untied)", True)
+    if hf.get("use_sliding_window", False):
+        raise _bad("use_sliding_window", "false (sliding-window layers are not supported)", True)
+    layer_types = hf.get("layer_types") or ()
+    if any(t != "full_attention" for t in layer_types):
+        raise _bad("layer_types", '"full_attention" only', layer_types)
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
+        if key not in hf:
+            raise _bad(key, "a positive int", None)
+    heads = hf.get("num_attention_heads")
+    if not isinstance(heads, int) or heads < 1:
+        raise _bad("num_attention_heads", "a positive int", heads)
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    jet = {}
+    if hf.get("jet_positions"):
+        given = hf.get("jet_config")
+        if not isinstance(given, dict) or any(k not in given for k in _JET_KEYS):
+            raise _bad("jet_config", f"an object with {_JET_KEYS}", given)
+        jet = {f"jet_{k}": given[k] for k in _JET_KEYS}
+        jet["jet_positions"] = tuple(hf["jet_positions"])
+    extra = {k: v for k, v in hf.items() if k not in _MODELLED}
+    fields = dict(
+        vocab_size=hf["vocab_size"],
+        width=hf["hidden_size"],
+        intermediate_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        heads=heads,
+        kv_heads=hf.get("num_key_value_heads") or heads,
+        head_dim=head_dim,
+        rope_theta=_rope_theta(hf),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        total_ut_steps=hf.get("total_ut_steps", 4),
+        early_exit_threshold=float(hf.get("early_exit_threshold", 1.0)),
+        hf_extra=json.dumps(extra, sort_keys=True) if extra else "",
+        **jet,
+    )
+    fields.update(options)
+    return OuroConfig(**fields)
+
+
+def config_to_hf(cfg: OuroConfig) -> dict:
+    """config.json dict of ``cfg`` (the checkpoint's unmodelled keys written back)."""
+    hf = json.loads(cfg.hf_extra) if cfg.hf_extra else {}
+    hf.setdefault("architectures", ["OuroForCausalLM"])
+    hf.update(
+        model_type="ouro",
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.width,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.heads,
+        num_key_value_heads=cfg.kv_heads,
+        head_dim=cfg.head_dim,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.norm_eps,
+        total_ut_steps=cfg.total_ut_steps,
+        early_exit_threshold=cfg.early_exit_threshold,
+        tie_word_embeddings=False,
+        hidden_act="silu",
+    )
+    if cfg.jet_positions:
+        hf["jet_positions"] = list(cfg.jet_positions)
+        hf["jet_config"] = {k: getattr(cfg, f"jet_{k}") for k in _JET_KEYS}
+    return hf
+
+
+def build(cfg: OuroConfig) -> OuroLM:
+    """OuroLM with the default window; load_hf sets the sleep window with clone(window=L)."""
+    if not isinstance(cfg, OuroConfig):
+        raise ValueError(f"ouro family: expected an OuroConfig, got {type(cfg).__name__}")
+    return OuroLM(cfg)
+
+
+FAMILY = registry.register(
+    registry.Family(
+        name="ouro",
+        model_types=("ouro",),
+        config_from_hf=config_from_hf,
+        config_to_hf=config_to_hf,
+        build=build,
+    )
+)
+
+__all__ = ["FAMILY", "OPTIONS", "build", "config_from_hf", "config_to_hf"]
