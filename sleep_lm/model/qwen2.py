@@ -58,13 +58,14 @@ class Qwen2Config:
       layers: one kind per layer, "attn" | "swa" | "jet".
       sliding_window: mask window of "swa" layers (keys including the query); 0 if none.
       rope_theta: RoPE base; norm_eps: RMSNorm epsilon; tie_embeddings: head = embedding^T.
-      jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size, jet_generator_hidden,
-        jet_norm_eps: the Jet blocks' shape (used only by "jet" layers).
+      jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size, jet_generator_reduction
+        (generator hidden = jet_heads * jet_value_head_dim // this), jet_norm_eps: the Jet
+        blocks' shape (used only by "jet" layers; sleep_lm/model/jet.py's JetConfig).
       gdn_impl, chunk_size, gdn_precision: ops settings of the fast-weight (jet) layers;
         inference.py swaps gdn_impl to "recurrent" for one-token decoding.
       dtype: compute dtype name; parameters are float32.
-      hf_extra: the checkpoint's config.json as sorted JSON text, minus nothing: fields this
-        family does not model (token ids, max_position_embeddings, ...) are written back
+      hf_extra: the checkpoint's config.json as sorted JSON text: fields this family does
+        not model (token ids, max_position_embeddings, ...) are written back
         from it by ``save_hf``. Empty for configs built in code.
     """
 
@@ -83,7 +84,7 @@ class Qwen2Config:
     jet_key_head_dim: int = 8
     jet_value_head_dim: int = 16
     jet_conv_size: int = 4
-    jet_generator_hidden: int = 4
+    jet_generator_reduction: int = 8
     jet_norm_eps: float = 1e-5
     gdn_impl: str = "chunked"
     chunk_size: int = 64
@@ -106,7 +107,7 @@ class Qwen2Config:
             "jet_key_head_dim",
             "jet_value_head_dim",
             "jet_conv_size",
-            "jet_generator_hidden",
+            "jet_generator_reduction",
             "chunk_size",
         ):
             value = getattr(self, field)
@@ -145,7 +146,7 @@ class Qwen2Config:
             key_head_dim=self.jet_key_head_dim,
             value_head_dim=self.jet_value_head_dim,
             conv_size=self.jet_conv_size,
-            generator_hidden=self.jet_generator_hidden,
+            generator_reduction=self.jet_generator_reduction,
             norm_eps=self.jet_norm_eps,
             gdn_impl=self.gdn_impl,
             chunk_size=self.chunk_size,
@@ -299,7 +300,7 @@ class Qwen2LM(nn.Module):
     """
 
     config: Qwen2Config
-    window: int
+    window: int = 2048
 
     def setup(self):
         self.model = Qwen2Model(self.config, self.window)
