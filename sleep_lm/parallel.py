@@ -39,9 +39,9 @@ tensor=3) is replicated instead; `config.validate_mesh` rejects the cases that m
 
 Multi-host: `initialize_distributed` wraps `jax.distributed.initialize` (TPU pods: no
 arguments; GPU clusters: the SLURM environment or explicit coordinator / process count /
-process id). Each host samples only the rows of the global batch that its devices hold
-(`host_rows`), from a seed that includes its shard index, and `jax.make_array_from_
-process_local_data` assembles the global batch.
+process id). Each host keeps only the rows of the global batch that its devices hold
+(`host_rows`; every host draws the same global batch, so the data does not depend on the
+host count), and `jax.make_array_from_process_local_data` assembles the global batch.
 """
 
 from __future__ import annotations
@@ -84,11 +84,12 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     # gather from a width-split table returns width-split rows, which XLA can only turn
     # into the batch-split residual stream by replicating them ("involuntary full
     # rematerialization"); the tables are small next to the weight matrices.
-    (r"(^|/)token_embed/embedding$", ("vocab", None)),
+    (r"(^|/)(token_embed|embed_tokens)/embedding$", ("vocab", None)),
     (r"(^|/)position_embed$", (None, None)),
-    (r"(^|/)(q|k|v|o_gate)_proj/kernel$", ("embed", "heads")),  # [width, heads * head_dim]
+    (r"(^|/)(q|k|v|o_gate|g)_proj/kernel$", ("embed", "heads")),  # [width, heads * head_dim]
+    (r"(^|/)(q|k|v)_proj/bias$", ("heads",)),  # pretrained families' attention biases
     (r"(^|/)o_proj/kernel$", ("heads", "embed")),  # [heads * head_dim, width]
-    (r"(^|/)up_proj/kernel$", ("embed", "mlp")),  # [width, mlp_ratio * width]
+    (r"(^|/)(up|gate)_proj/kernel$", ("embed", "mlp")),  # [width, mlp_ratio * width]
     (r"(^|/)down_proj/kernel$", ("mlp", "embed")),  # [mlp_ratio * width, width]
     (r"(^|/)(a|b)_proj/kernel$", ("embed", None)),  # gates [width, heads]: tiny
     (r"(^|/)lm_head/kernel$", ("embed", "vocab")),  # [width, vocab]
@@ -98,6 +99,10 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     (r"(^|/)conv_weight$", (None, None)),
     (r"(^|/)(a_log|dt_bias)$", (None,)),
     (r"(^|/)scale$", (None,)),
+    # Jet blocks' kernel generator [width, hidden] -> [hidden, channels * W] and Ouro's
+    # early-exit gate [width, 1]: small, replicated.
+    (r"(^|/)(kernel_generator/w1|kernel_generator/w2|early_exit_gate)/kernel$", (None, None)),
+    (r"(^|/)(kernel_generator/w2|early_exit_gate)/bias$", (None,)),
 )
 
 
