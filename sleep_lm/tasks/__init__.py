@@ -7,15 +7,19 @@
 
 Every task exposes ``name``, ``vocab_size``, ``seq_len`` (length of ``inputs``), ``sample``,
 ``eval_batch`` and ``render``. See :mod:`sleep_lm.tasks.rule110` and :mod:`sleep_lm.tasks.depo`
-for the token layouts.
+and :mod:`sleep_lm.tasks.gsm_infinite` for the token layouts. A task may also define
+``check_window(window)`` (raises ValueError when a loss position could fall in a sleep window)
+and ``check_vocab(model_vocab_size)``.
 """
 
 from __future__ import annotations
 
 from sleep_lm.tasks.depo import Depo
+from sleep_lm.tasks.gsm_infinite import GsmInfinite
+from sleep_lm.tasks.gsm_infinite.task import FIELDS as _GSM_FIELDS
 from sleep_lm.tasks.rule110 import Rule110, evolve
 
-TASKS = ("rule110", "depo")
+TASKS = ("rule110", "depo", "gsm_infinite")
 
 # Optional config fields per task, passed to the constructor when present in ``config.task``.
 _DEPO_FIELDS = (
@@ -55,7 +59,8 @@ def get_task(task_cfg):
       task_cfg: an ml_collections ConfigDict, dict or any object with attributes. ``rule110``
         needs ``steps`` (t >= 0) and reads ``state_bits``/``num_states`` when present; ``depo``
         reads ``max_nodes``, ``min_nodes``, ``num_queries``, ``hops``, ``max_hops``,
-        ``num_names`` and ``eval_hops`` when present (defaults: the paper's setting).
+        ``num_names`` and ``eval_hops`` when present (defaults: the paper's setting);
+        ``gsm_infinite`` reads the fields of ``GsmInfinite`` (``gsm_infinite.task.FIELDS``).
 
     Raises:
       ValueError: one line naming the offending ``task.<field>`` and what is allowed.
@@ -69,10 +74,12 @@ def get_task(task_cfg):
             return Rule110(steps=steps, **_present(task_cfg, _RULE110_FIELDS))
         if name == "depo":
             return Depo(**_present(task_cfg, _DEPO_FIELDS))
+        if name == "gsm_infinite":
+            return GsmInfinite(**_present(task_cfg, _GSM_FIELDS))
     except ValueError as e:
         raise ValueError(f"task.{e}") from None
     allowed = ", ".join(repr(t) for t in TASKS)
     raise ValueError(f"task.name must be one of {allowed}, got {name!r}")
 
 
-__all__ = ["TASKS", "Depo", "Rule110", "evolve", "get_task"]
+__all__ = ["TASKS", "Depo", "GsmInfinite", "Rule110", "evolve", "get_task"]
