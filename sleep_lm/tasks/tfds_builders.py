@@ -1,4 +1,4 @@
-r"""Rule 110 and Depo as TensorFlow Datasets builders: fixed train/test splits on disk.
+r"""Rule 110, Depo and GSM-Infinite as TensorFlow Datasets builders: fixed splits on disk.
 
 Training samples its batches on the fly by default (no download, nothing on disk). These
 builders are for runs that want a fixed data set: materialise the splits once, to a local
@@ -28,6 +28,11 @@ Data sets (`name/config`):
   U[a, b]), `test` (same k distribution) and `test_k{k}` for every k in `test_hops` (every
   query asks k hops; the cycles and query sources are the same for every k, so the per-k
   sets are paired).
+- `gsm_infinite/{name}` for the GSM_INFINITE_CONFIGS: GsmInfinite (byte-level tokens), e.g.
+  `gsm_infinite/ops1-4_t512` (the `scratch` preset's task) and `gsm_infinite/ops1-8_t4096`.
+  Splits `train`, `test` (the training op mix) and `test_op{k}` for every k in `test_ops`
+  (`task.eval_batch(test_size, seed, op=k)`: the trainer's `eval/accuracy@op=k` set; the
+  JSONL export `python -m sleep_lm.tasks.gsm_infinite.export` writes the same problems).
 Other settings: pass a config, e.g. `build(Rule110Builder, data_dir=...,
 config=Rule110Config(name="t32_big", steps=32, train_size=50_000_000))`.
 
@@ -38,7 +43,8 @@ seed; so reading the split in order with that batch size reproduces on-the-fly t
 
 Storage per example: the full token sequence `tokens` ([seq_len + 1], uint8 when the
 vocabulary fits, else int32), `loss_mask` (bool [seq_len]) and, for Depo, `hops` (int32
-[num_queries]); the reader rebuilds `inputs = tokens[:-1]`, `targets = tokens[1:]` (int32).
+[num_queries]), for GSM-Infinite `op` (int32 scalar); the reader rebuilds
+`inputs = tokens[:-1]`, `targets = tokens[1:]` (int32).
 """
 
 from __future__ import annotations
@@ -60,6 +66,7 @@ except ImportError as e:  # An optional extra: keep the message actionable.
     ) from e
 
 from sleep_lm.tasks.depo import PAPER_EVAL_HOPS, Depo
+from sleep_lm.tasks.gsm_infinite import GsmInfinite
 from sleep_lm.tasks.rule110 import Rule110
 
 # Seed stream of training batches: sleep_lm.train.loop.TRAIN_STREAM (tasks/ imports nothing
@@ -68,6 +75,9 @@ TRAIN_STREAM = 2
 
 RULE110_STEPS = (0, 1, 2, 4, 8, 10, 12, 14, 16, 32)  # Fig. 2a's t, plus 0..2 and Fig. 2b's 32.
 DEPO_HOP_RANGES = ((1, 16), (1, 8), (1, 4))  # (1, 16): the paper's training distribution.
+# (max_op, seq_len): the scratch preset's byte-level task, and the paper's 1-8 ops at about the
+# paper's length in bytes (its 2,000-3,300 tokens are BPE tokens, several bytes each).
+GSM_INFINITE_CONFIGS = ((4, 512), (8, 4096))
 
 _BYTES = tfds.features.Encoding.BYTES  # Fixed-size arrays as raw bytes: compact and fast.
 
@@ -131,8 +141,9 @@ def _rows(task, batch: dict, start: int) -> Iterator[tuple[int, dict]]:
     full = full.astype(_tokens_dtype(task.vocab_size))
     for i in range(len(full)):
         record = {"tokens": full[i], "loss_mask": batch["loss_mask"][i]}
-        if "hops" in batch:
-            record["hops"] = batch["hops"][i]
+        for key in ("hops", "op"):
+            if key in batch:
+                record[key] = batch[key][i]
         yield start + i, record
 
 
@@ -230,6 +241,71 @@ class DepoBuilder(_TaskBuilder):
         return splits
 
 
+@dataclasses.dataclass(eq=False)
+class GsmInfiniteConfig(tfds.core.BuilderConfig):
+    """GSM-Infinite (byte-level) with training ops min_op..max_op; `test_ops` (default: the
+    same range) get a test split each. Default sizes: 20000 training problems, 200 per test
+    split (the paper's held-out size per op)."""
+
+    seq_len: int = 512
+    min_op: int = 1
+    max_op: int = 8
+    test_ops: tuple[int, ...] | None = None
+    modes: str = "forward,reverse"
+    templates: str = "zoo,school,festival"
+    levels: str = "medium,hard"
+    train_size: int = 20_000
+    test_size: int = 200
+    batch_size: int = 16  # generation chunk; see the module docstring ("Train split order")
+    seed: int = 0
+
+    def task(self) -> GsmInfinite:
+        return GsmInfinite(
+            seq_len=self.seq_len,
+            min_op=self.min_op,
+            max_op=self.max_op,
+            eval_ops=self.test_ops,
+            modes=self.modes,
+            templates=self.templates,
+            levels=self.levels,
+        )
+
+
+class GsmInfiniteBuilder(_TaskBuilder):
+    """`gsm_infinite/ops{a}-{b}_t{T}`: train, test and per-op test splits."""
+
+    name = "gsm_infinite"
+    BUILDER_CONFIGS = [
+        GsmInfiniteConfig(name=f"ops1-{b}_t{t}", max_op=b, seq_len=t)
+        for b, t in GSM_INFINITE_CONFIGS
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        task = config.task()
+        features = self._features(task)
+        features["op"] = tfds.features.Tensor(shape=(), dtype=np.int32)
+        return self._make_info(
+            f"GSM-Infinite-style math, ops {config.min_op}..{config.max_op} ({task!r}); see "
+            "sleep_lm.tasks.gsm_infinite.",
+            features,
+        )
+
+    def _split_generators(self, dl_manager):
+        config = self.builder_config
+        task = config.task()
+        splits = {
+            "train": self._generate_examples(_train_examples(task, config)),
+            "test": self._generate_examples(
+                _rows(task, task.eval_batch(config.test_size, config.seed), 0)
+            ),
+        }
+        for k in task.eval_ops:
+            batch = task.eval_batch(config.test_size, config.seed, op=k)
+            splits[f"test_op{k}"] = self._generate_examples(_rows(task, batch, 0))
+        return splits
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -271,8 +347,9 @@ def to_batch(records: list[dict]) -> dict[str, np.ndarray]:
         "targets": np.ascontiguousarray(tokens[:, 1:]),
         "loss_mask": np.stack([r["loss_mask"] for r in records]).astype(bool),
     }
-    if "hops" in records[0]:
-        batch["hops"] = np.stack([r["hops"] for r in records]).astype(np.int32)
+    for key in ("hops", "op"):
+        if key in records[0]:
+            batch[key] = np.stack([r[key] for r in records]).astype(np.int32)
     return batch
 
 
@@ -349,10 +426,12 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m sleep_lm.tasks.tfds_builders",
-        description="Materialise Rule 110 / Depo splits as array_record files (no TensorFlow).",
+        description="Materialise Rule 110 / Depo / GSM-Infinite splits as array_record files "
+        "(no TensorFlow).",
     )
     names = [f"rule110/{c.name}" for c in Rule110Builder.BUILDER_CONFIGS]
     names += [f"depo/{c.name}" for c in DepoBuilder.BUILDER_CONFIGS]
+    names += [f"gsm_infinite/{c.name}" for c in GsmInfiniteBuilder.BUILDER_CONFIGS]
     parser.add_argument("datasets", nargs="+", metavar="NAME", help=f"one of {', '.join(names)}")
     parser.add_argument("--data_dir", required=True, help="Root directory (or bucket).")
     args = parser.parse_args(argv)
@@ -371,6 +450,9 @@ __all__ = [
     "RULE110_STEPS",
     "DepoBuilder",
     "DepoConfig",
+    "GSM_INFINITE_CONFIGS",
+    "GsmInfiniteBuilder",
+    "GsmInfiniteConfig",
     "Rule110Builder",
     "Rule110Config",
     "batches",
