@@ -96,7 +96,7 @@ def hf_layout(abstract_params) -> dict[str, tuple[tuple[str, ...], tuple[int, ..
 
 def read_config(path) -> dict:
     """config.json of checkpoint directory `path` (ValueError if missing or unreadable)."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint directory {path!r} does not exist")
     file = os.path.join(path, CONFIG)
@@ -114,7 +114,7 @@ def read_config(path) -> dict:
 
 def weight_files(path) -> dict[str, str]:
     """{tensor name: safetensors file path}: from the shard index, else model.safetensors."""
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     index = os.path.join(path, INDEX)
     if os.path.isfile(index):
         with open(index) as f:
@@ -211,15 +211,18 @@ def _read(reader: _Reader, name: str, transposed: bool, index=None) -> np.ndarra
     return block.T if transposed else block
 
 
-def load_hf(path, *, mesh=None, rules=None, **options):
+def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
     """Loads the Hugging Face checkpoint directory `path`: returns (model, params).
 
     Options: `window` (the sleep window L: KV cache length and full-attention mask window;
     default DEFAULT_WINDOW), `mesh` (a jax Mesh: parameters created sharded on it, each
     device's slice read from the file), `rules` (logical-axis rules, `parallel.parse_rules`
-    form or a {name: "axes"} dict; default parallel.DEFAULT_RULES), and the family's options
-    (`dtype`, `gdn_impl`, `chunk_size`, `gdn_precision`, ...). Parameters are float32.
+    form or a {name: "axes"} dict; default parallel.DEFAULT_RULES), `shardings` (instead of
+    mesh / rules: a pytree of shardings shaped like the parameters, e.g. a train state's),
+    and the family's options (`dtype`, `gdn_impl`, `chunk_size`, `gdn_precision`, ...).
+    Parameters are float32.
     """
+    path = os.path.expanduser(os.fspath(path))
     family, cfg, model, _ = build(path, **options)
     abstract = jax.eval_shape(model.init_params, jax.random.key(0))
     layout = hf_layout(abstract)
@@ -227,8 +230,13 @@ def load_hf(path, *, mesh=None, rules=None, **options):
     reader = _Reader(files)
     check_tensors(layout, reader, files, has_lm_head="lm_head" in abstract)
 
-    shardings = None
-    if mesh is not None:
+    if shardings is not None:
+        if jax.tree.structure(shardings) != jax.tree.structure(abstract):
+            raise ValueError("load_hf: shardings do not match the model's parameter tree")
+        shardings = {
+            _path_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings)[0]
+        }
+    elif mesh is not None:
         from sleep_lm import parallel
 
         if rules is None:

@@ -15,7 +15,7 @@ def load_tokenizer(path):
     """
     from tokenizers import Tokenizer
 
-    path = os.fspath(path)
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint directory {path!r} does not exist")
     file = os.path.join(path, TOKENIZER)
