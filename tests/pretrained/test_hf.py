@@ -270,3 +270,50 @@ def test_fixture_size():
     for path in (TINY, SWA):
         total = sum(f.stat().st_size for f in path.iterdir())
         assert total < 1_000_000, (path, total)
+
+
+def test_jet_nemotron_layout_round_trip(tmp_path):
+    """A qwen2 model with jet / swa layers is exported as a jet_nemotron directory whose
+    tensors carry Jet-Nemotron's names and torch shapes, and loads back exactly."""
+    from sleep_lm.model.qwen2 import Qwen2Config, Qwen2LM
+
+    cfg = Qwen2Config(
+        layers=("jet", "swa"),
+        sliding_window=3,
+        tie_embeddings=True,
+        jet_heads=2,
+        jet_key_head_dim=4,
+        jet_value_head_dim=8,
+        jet_generator_reduction=4,
+    )
+    model = Qwen2LM(cfg, window=8)
+    params = model.init_params(jax.random.key(1))
+    save_hf(model, params, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "jet_nemotron" and config["layer_types"] == ["jet", "swa"]
+    assert config["efficient_attention_config"]["swa"] == {"window_size": 3}
+    jet = config["efficient_attention_config"]["jet"]
+    assert int(jet["head_dim"] * jet["expand_v"]) == 8 and jet["num_heads"] == 2
+    shapes = {name: tuple(t.shape) for name, t in load_file(tmp_path / WF).items()}
+    prefix = "model.layers.0.self_attn."
+    expected = {  # torch Linear weights are [out, in]; width 32, key dim 8, value dim 16
+        "q_proj.weight": (8, 32),
+        "k_proj.weight": (8, 32),
+        "v_proj.weight": (16, 32),
+        "a_proj.weight": (2, 32),
+        "b_proj.weight": (2, 32),
+        "g_proj.weight": (16, 32),
+        "o_proj.weight": (32, 16),
+        "A_log": (2,),
+        "dt_bias": (2,),
+        "dynamic_conv1d.kernel_generator.w1.weight": (4, 32),
+        "dynamic_conv1d.kernel_generator.w2.weight": (64, 4),
+        "dynamic_conv1d.kernel_generator.w2.bias": (64,),
+        "o_norm.weight": (8,),
+    }
+    assert {n[len(prefix) :]: s for n, s in shapes.items() if n.startswith(prefix)} == expected
+    assert shapes["model.layers.1.self_attn.q_proj.bias"] == (32,)
+    assert "lm_head.weight" not in shapes
+    loaded_model, loaded = load_hf(tmp_path, window=8)
+    assert dataclasses.replace(loaded_model.config, hf_extra="") == cfg
+    assert_same(params, loaded)
