@@ -30,7 +30,8 @@ from ml_collections import config_dict
 
 from sleep_lm.config import default_mesh_config, parse_arg
 
-_ARG_DEFAULTS = {"smoke": False, "passes": -1}
+_ARG_DEFAULTS = {"smoke": False, "repro3": False, "passes": -1}
+REPRO3_STEPS = 400  # Fig. 3 analogue (results/README.md)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -47,6 +48,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.eval_hops = (1, 2, 4, 8, 16)  # eval/accuracy@k=K for each
 
     config.model = config_dict.ConfigDict()
+    # "hybrid" (the fields below) or a pretrained family ("qwen2", "ouro") whose architecture
+    # and weights come from config.init.from_hf (README "Pretrained models").
+    config.model.family = "hybrid"
     config.model.width = 512
     config.model.heads = 8
     config.model.layers = ",".join(["attn,gdn"] * 5)  # 10 layers, attention first (eq. 5)
@@ -91,7 +95,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     config.mesh = default_mesh_config()
 
-    if arg.smoke:
+    if arg.smoke or arg.repro3:
         # CPU-minutes preset: short hops, small model and batch. It exercises the whole
         # pipeline (per-k eval included); learning Depo takes far longer than a smoke run.
         config.task.max_hops = 4
@@ -111,12 +115,34 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.train.eval_size = 64
         config.train.checkpoint_every = 50
 
+    if arg.repro3:
+        # Fig. 3 analogue at laptop scale: cycles of 3..12 nodes from a pool of 24 names, so
+        # the 48 edge tokens fill two windows of L = 24 and 4 queries (24 tokens) the third;
+        # hops 1..8 in training, eval at k = 1, 2, 4, 8.
+        config.task.max_nodes = 12
+        config.task.num_names = 24
+        config.task.num_queries = 4
+        config.task.max_hops = 8
+        config.task.eval_hops = (1, 2, 4, 8)
+        config.sleep.window = 24
+        config.train.steps = REPRO3_STEPS
+        config.train.batch_size = 64
+        config.train.warmup_steps = 20
+        config.train.eval_size = 256
+        config.train.checkpoint_every = 50
+        config.train.keep_checkpoints = 1
+
     if arg.passes >= 0:
         config.sleep.passes = arg.passes
     return config
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    """Sleep passes N in {1, 2, 4} (the paper's Fig. 3 comparison)."""
-    del arg  # one grid for every preset; the presets set model size and budget
+    """Sleep passes N in {1, 2, 4} (the paper's Fig. 3 comparison), for every preset; the
+    presets set model size and budget. The laptop-scale Fig. 3 analogue (results/run_all.sh):
+
+      python -m sleep_lm.sweep --config=experiments/depo.py:repro3 --workdir=results/repro3
+      python -m sleep_lm.report results/repro3 --out results/repro3/report
+    """
+    del arg
     return [{"sleep.passes": n} for n in (1, 2, 4)]

@@ -27,7 +27,11 @@ from ml_collections import config_dict
 from sleep_lm.config import default_mesh_config, parse_arg
 
 # Presets and overrides accepted in the argument, with their default values.
-_ARG_DEFAULTS = {"smoke": False, "steps": -1, "passes": -1}
+_ARG_DEFAULTS = {"smoke": False, "repro2a": False, "repro2b": False, "steps": -1, "passes": -1}
+# Laptop-scale reproductions (results/README.md): the smoke model, eval every 25 steps.
+REPRO2A_STEPS = 250  # Fig. 2a analogue: N = 1, t = 0..4
+REPRO2B_STEPS = 200  # Fig. 2b analogue: t = REPRO2B_DEPTH, N = 1, 2, 4, 3 seeds each
+REPRO2B_DEPTH = 2
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -44,6 +48,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.eval_steps = ()
 
     config.model = config_dict.ConfigDict()
+    # "hybrid" (the fields below) or a pretrained family ("qwen2", "ouro") whose architecture
+    # and weights come from config.init.from_hf (README "Pretrained models").
+    config.model.family = "hybrid"
     config.model.width = 256
     config.model.heads = 4
     config.model.layers = "attn,gdn,attn,gdn"
@@ -94,7 +101,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Devices (launch/README.md): data=-1 = data parallel over all devices; fsdp, tensor.
     config.mesh = default_mesh_config()
 
-    if arg.smoke:
+    if arg.smoke or arg.repro2a or arg.repro2b:
         # CPU-minutes preset: small model and batch, few steps. Learning rates are higher than
         # the paper's because the run is ~100x shorter; global learned positions are learned by
         # the AdamW group, so it needs a usable lr too.
@@ -119,6 +126,13 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.train.eval_every = 50
         config.train.eval_size = 512
         config.train.checkpoint_every = 50
+    if arg.repro2a or arg.repro2b:
+        # The smoke model and optimiser; denser eval for the curves, fewer checkpoints.
+        config.task.steps = REPRO2B_DEPTH
+        config.train.steps = REPRO2A_STEPS if arg.repro2a else REPRO2B_STEPS
+        config.train.eval_every = 25
+        config.train.checkpoint_every = 50
+        config.train.keep_checkpoints = 1
 
     if arg.steps >= 0:
         config.task.steps = arg.steps
@@ -132,8 +146,20 @@ def get_sweep(arg: str | None = None) -> list[dict]:
 
     Paper (Fig. 2b): t = 32, N in {1, 2, 3, 4}. Smoke: t in {0, 1, 2} x N in {1, 2}, a
     CPU-sized look at how accuracy depends on N as the rollout gets deeper.
+
+    Laptop-scale reproductions (smoke model; results/run_all.sh runs them and the reports):
+
+      # Fig. 2a analogue: N = 1, t = 0..4, accuracy vs training tokens (REPRO2A_STEPS steps)
+      python -m sleep_lm.sweep --config=experiments/rule110.py:repro2a --workdir=results/repro2a
+      # Fig. 2b analogue: t = REPRO2B_DEPTH, N = 1, 2, 4, seeds 0, 1, 2 (REPRO2B_STEPS steps)
+      python -m sleep_lm.sweep --config=experiments/rule110.py:repro2b --workdir=results/repro2b
+      python -m sleep_lm.report results/repro2b --out results/repro2b/report
     """
     arg = parse_arg(arg, **_ARG_DEFAULTS)
+    if arg.repro2a:
+        return [{"task.steps": t} for t in (0, 1, 2, 3, 4)]
+    if arg.repro2b:
+        return [{"sleep.passes": n, "seed": s} for n in (1, 2, 4) for s in (0, 1, 2)]
     if arg.smoke:
         return [{"task.steps": t, "sleep.passes": n} for t in (0, 1, 2) for n in (1, 2)]
     return [{"task.steps": 32, "sleep.passes": n} for n in (1, 2, 3, 4)]
