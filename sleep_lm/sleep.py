@@ -109,6 +109,10 @@ class SleepSpec(NamedTuple):
     remat: "none" | "pass" | "window" (see the module docstring).
     loop_blocks: (start, stop) slice over layers looped during sleep; (None, None) = all.
     schedule: one bool per window, True = wake (see ``window_schedule``).
+    grad_passes: M >= 0, gradients through only the last M passes of each sleep window;
+        0 (or M >= N) = all passes (see "Truncated gradients" in the module docstring).
+    grad_windows: K >= 0, gradients through the state for only the last K windows;
+        0 (or K >= number of windows) = all windows.
     """
 
     passes: int
@@ -117,6 +121,8 @@ class SleepSpec(NamedTuple):
     remat: str = "none"
     loop_blocks: tuple = (None, None)
     schedule: tuple = ()
+    grad_passes: int = 0
+    grad_windows: int = 0
 
     @classmethod
     def from_config(cls, sleep_cfg, schedule) -> SleepSpec:
@@ -129,6 +135,11 @@ class SleepSpec(NamedTuple):
         for name, value in (("passes", passes), ("window", window)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"sleep.{name}: allowed an int >= 1, got {value!r}")
+        # Absent in configs written before truncation existed: 0 = full BPTT, as they ran.
+        grad_passes, grad_windows = get("grad_passes", 0), get("grad_windows", 0)
+        for name, value in (("grad_passes", grad_passes), ("grad_windows", grad_windows)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"sleep.{name}: allowed an int >= 0 (0 = all), got {value!r}")
         eviction, remat = get("eviction", "hard"), get("remat", "none")
         if eviction not in EVICTIONS:
             raise ValueError(f"sleep.eviction: allowed {EVICTIONS}, got {eviction!r}")
@@ -141,6 +152,8 @@ class SleepSpec(NamedTuple):
             remat=remat,
             loop_blocks=parse_loop_blocks(get("loop_blocks", "all")),
             schedule=tuple(bool(x) for x in schedule),
+            grad_passes=grad_passes,
+            grad_windows=grad_windows,
         )
 
 
@@ -211,6 +224,15 @@ def _head(model, params, h):
     return model.apply({"params": params}, h, method="head")
 
 
+def _frozen_layers(state: ModelState, frozen: ModelState, start: int, stop: int) -> ModelState:
+    """``state`` with layers ``start:stop`` taken from ``frozen`` (the looped layers)."""
+    layers = (
+        f if start <= i < stop else x
+        for i, (x, f) in enumerate(zip(state.layers, frozen.layers, strict=True))
+    )
+    return ModelState(layers=tuple(layers))
+
+
 def consolidate(
     model,
     params,
@@ -221,6 +243,7 @@ def consolidate(
     *,
     loop_blocks=(None, None),
     remat: str = "none",
+    grad_passes: int = 0,
 ) -> ModelState:
     """Sleep on one window: N passes of the looped blocks; returns the new state.
 
@@ -231,6 +254,10 @@ def consolidate(
     layers' local context from the window start, keeping the fast weights), then blocks
     after the loop run once. The features are discarded. ``remat="pass"`` checkpoints
     each pass.
+
+    ``grad_passes`` = M with 0 < M < N: the features and the looped layers' fast weights
+    after the first N - M passes are constants to autodiff (``stop_gradient``); the values
+    are unchanged. 0 or M >= N: gradients through every pass.
     """
     num_layers = len(model.config.layers)
     start, stop = resolve_loop_blocks(loop_blocks, num_layers)
@@ -238,12 +265,27 @@ def consolidate(
     h, state = _blocks(model, params, h, state, positions, 0, start)
     at_window_start = state
 
-    def one_pass(carry, _):
-        h, st = carry
-        st = state_lib.restart_local(st, at_window_start, start, stop)
-        return _blocks(model, params, h, st, positions, start, stop), None
+    def run_passes(params, h, state, at_window_start, count, remat):
+        def one_pass(carry, _):
+            h, st = carry
+            st = state_lib.restart_local(st, at_window_start, start, stop)
+            return _blocks(model, params, h, st, positions, start, stop), None
 
-    (h, state), _ = _scan(one_pass, (h, state), None, passes, remat=remat == "pass")
+        return _scan(one_pass, (h, state), None, count, remat=remat)[0]
+
+    frozen = passes - grad_passes if 0 < grad_passes < passes else 0
+    if frozen:
+        # stop_gradient on every input rather than on the outputs: the same values and zero
+        # gradient, but autodiff then sees a constant computation up front and neither traces
+        # tangents nor keeps residuals for these passes (that is the memory saved).
+        const = jax.lax.stop_gradient
+        h, done = run_passes(
+            const(params), const(h), const(state), const(at_window_start), frozen, False
+        )
+        # Only the looped layers' fast weights are the passes' product; the layers before and
+        # after the loop keep their (differentiable) state.
+        state = _frozen_layers(state, done, start, stop)
+    h, state = run_passes(params, h, state, at_window_start, passes - frozen, remat == "pass")
     _, state = _blocks(model, params, h, state, positions, stop, num_layers)
     return state
 
@@ -269,11 +311,15 @@ def wake(
 # ---------------------------------------------------------------------- Algorithm 1
 
 
-def _segments(bounds, schedule):
-    """Groups consecutive windows of the same kind and length: (wake, first, count)."""
+def _segments(bounds, schedule, cut: int = 0):
+    """Groups consecutive windows of the same kind and length: (wake, first, count).
+
+    A segment also starts at window ``cut`` (where truncated BPTT stops the gradient).
+    """
     segments = []
     for i, ((_, length), is_wake) in enumerate(zip(bounds, schedule, strict=True)):
-        if segments and segments[-1][0] == is_wake and bounds[segments[-1][1]][1] == length:
+        same = segments and segments[-1][0] == is_wake and bounds[segments[-1][1]][1] == length
+        if same and i != cut:
             segments[-1][2] += 1
         else:
             segments.append([is_wake, i, 1])
@@ -299,8 +345,11 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
         state = model.init_state(batch, cache_len=spec.window if spec.eviction == "sliding" else 0)
     pass_remat = "pass" if spec.remat == "pass" else "none"
     window_remat = spec.remat == "window"
+    num_windows = len(bounds)
+    # Truncated BPTT: the state entering window `cut` is a constant to autodiff.
+    cut = num_windows - spec.grad_windows if 0 < spec.grad_windows < num_windows else 0
 
-    def sleep_step(state, xs):
+    def sleep_step(state, xs, params=params, grad_passes=spec.grad_passes):
         tok, pos = xs
         state = consolidate(
             model,
@@ -311,8 +360,17 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
             spec.passes,
             loop_blocks=spec.loop_blocks,
             remat=pass_remat,
+            grad_passes=grad_passes,
         )
         return evict(state, spec.eviction), None
+
+    def frozen_sleep_step(state, xs):
+        # A sleep window before the cut with no wake window between it and the cut: its only
+        # product, the state, reaches the loss only through the cut, so its gradient is zero.
+        # Constant inputs (parameters included) give the same values and tell autodiff so up
+        # front: no tangents traced, no residuals kept.
+        const = jax.lax.stop_gradient
+        return sleep_step(const(state), xs, params=const(params), grad_passes=0)
 
     def wake_step(state, xs):
         tok, pos, *ext = xs
@@ -320,7 +378,9 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
         return evict(state, spec.eviction), readout(logits, *ext)
 
     outputs = []
-    for is_wake, first, count in _segments(bounds, spec.schedule):
+    for is_wake, first, count in _segments(bounds, spec.schedule, cut):
+        if cut and first == cut:
+            state = jax.lax.stop_gradient(state)
         begin, length = bounds[first][0], bounds[first][1]
         end = begin + count * length
 
@@ -334,6 +394,9 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
             xs = (stack(tokens), pos, *(stack(e) for e in extras))
             state, out = _scan(wake_step, state, xs, count, remat=window_remat)
             outputs.append((first, count, out))
+        elif first < cut and not any(spec.schedule[first:cut]):
+            xs = (stack(tokens), pos)
+            state, _ = _scan(frozen_sleep_step, state, xs, count)
         else:
             xs = (stack(tokens), pos)
             state, _ = _scan(sleep_step, state, xs, count, remat=window_remat)
@@ -353,7 +416,8 @@ def _window_stats(logits, targets, mask):
 
 
 def sequence_loss(model, params, batch: dict, spec: SleepSpec) -> tuple[jax.Array, dict]:
-    """Algorithm 1 over a batch; gradients flow through all windows and all passes.
+    """Algorithm 1 over a batch; gradients flow through all windows and all passes (or the
+    last ``spec.grad_windows`` windows and ``spec.grad_passes`` passes: truncated).
 
     batch: ``inputs``, ``targets`` int [batch, time], ``loss_mask`` bool [batch, time].
     Returns (loss, metrics): loss = mean cross-entropy over all masked positions; metrics
