@@ -7,6 +7,10 @@ cycle must be carried in the fast weights, and following k hops needs computatio
 passes (N = `sleep.passes`) can do offline. Training draws k ~ U[1, 16]; evaluation is
 reported per k in `task.eval_hops` (`eval/accuracy@k=8`, `eval/loss@k=8`, ...).
 
+Model: the paper's Depo runs use Jet blocks (Jet-Nemotron's fast-weight layer: Gated DeltaNet
+with a dynamic convolution on v, sleep_lm/model/jet.py), so every preset alternates attention
+and `jet` layers (`model.layers`); `--config.model.layers=attn,gdn,...` selects plain GDN.
+
 CPU smoke run (hops 1..4, a few minutes on 2 cores; a look at the pipeline, not a result):
 
   python -m sleep_lm.main --config=experiments/depo.py:smoke --workdir=/tmp/depo \
@@ -28,7 +32,7 @@ The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `s
 
 from ml_collections import config_dict
 
-from sleep_lm.config import default_mesh_config, parse_arg
+from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
 
 _ARG_DEFAULTS = {"smoke": False, "repro3": False, "passes": -1}
 REPRO3_STEPS = 400  # Fig. 3 analogue (results/README.md)
@@ -53,17 +57,22 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.model.family = "hybrid"
     config.model.width = 512
     config.model.heads = 8
-    config.model.layers = ",".join(["attn,gdn"] * 5)  # 10 layers, attention first (eq. 5)
+    # 10 layers, attention first (eq. 5); fast-weight layers are Jet blocks, as in the paper.
+    config.model.layers = ",".join(["attn,jet"] * 5)
     config.model.mlp_ratio = 4
     config.model.rule = "delta"
     config.model.conv_size = 4
-    config.model.positions = "learned"  # global positions: GDN keys carry none
+    config.model.positions = "learned"  # global positions: GDN / Jet keys carry none
     config.model.gdn_impl = "chunked"
     config.model.chunk_size = 64
     # Matmul precision inside the GDN op: "highest" = full float32 on every backend;
     # "default" is faster on GPU (TF32) and TPU (bfloat16) and the same on CPU.
     config.model.gdn_precision = "highest"
     config.model.dtype = "float32"
+    # Jet blocks: value head size = head_dim x expand_v (Jet's default 2); kernel generator
+    # hidden size = heads x value head size / reduction (Jet-Nemotron's 8).
+    config.model.jet_expand_v = 2.0
+    config.model.jet_generator_reduction = 8
 
     config.sleep = config_dict.ConfigDict()
     config.sleep.passes = 1
@@ -71,6 +80,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.sleep.eviction = "hard"
     config.sleep.remat = "pass"  # 10 layers x N passes x 5 windows: keep memory flat in N
     config.sleep.loop_blocks = "all"
+    # Truncated gradients (0 = all, full BPTT): only the last M passes of each sleep window,
+    # only the last K windows (benchmarks/RESULTS.md measures what they cost and save).
+    config.sleep.grad_passes = 0
+    config.sleep.grad_windows = 0
 
     config.train = config_dict.ConfigDict()
     config.train.steps = 50_000
@@ -79,7 +92,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.lr = 2e-3  # Muon (paper: tuned at N = 1, reused for all N)
     config.train.adam_lr = 5e-5  # AdamW group (paper: fixed)
     config.train.adam_patterns = (
-        "embed,lm_head,norm,bias,conv,gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/"
+        "embed,lm_head,norm,bias,conv,o_gate,exit_gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/,"
+        "(^|/)g_proj/"
     )
     config.train.schedule = "cosine"
     config.train.warmup_steps = 1000
@@ -93,6 +107,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.keep_checkpoints = 3
     config.train.tensorboard = True  # event files in the workdir: tensorboard --logdir WORKDIR
 
+    # Where a fresh run's parameters come from (README "Warm starts"): init.from_checkpoint=
+    # "WORKDIR[:STEP]" (another run's parameters) or init.from_hf; "" = random from seed.
+    config.init = default_init_config()
+
     config.mesh = default_mesh_config()
 
     if arg.smoke or arg.repro3:
@@ -102,7 +120,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.task.eval_hops = (1, 2, 4)
         config.model.width = 64
         config.model.heads = 4
-        config.model.layers = "attn,gdn,attn,gdn"
+        config.model.layers = "attn,jet,attn,jet"
         config.model.chunk_size = 32
         config.sleep.remat = "none"
         config.train.steps = 100

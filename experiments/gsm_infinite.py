@@ -9,7 +9,7 @@ Difficulty = operation count (sleep_lm.tasks.gsm_infinite.generator); evaluation
 `eval/accuracy@op=K`, `eval/loss@op=K` (200 held-out problems per op by default).
 
 `scratch` (the default): a small hybrid trained from scratch on byte-level problems with 1-4
-operations in 512 bytes (8 windows of 64). Sized for a CPU (a look at the pipeline, not a
+operations in 384 bytes (6 windows of 64). Sized for a CPU (a look at the pipeline, not a
 result; see the README for what it reaches):
 
   python -m sleep_lm.main --config=experiments/gsm_infinite.py:scratch \
@@ -23,7 +23,7 @@ Sweep N in {1, 2, 4} (`get_sweep`), then the report:
 Export the held-out problems of a run (same seq_len, seed and mix) as JSONL:
 
   python -m sleep_lm.tasks.gsm_infinite.export --out /tmp/gsm_heldout.jsonl --ops 1-4 \
-      --per_op 200 --seq_len 512
+      --per_op 200 --seq_len 384
 
 The paper's fine-tunes (`ouro`: Ouro-1.4B + Jet layers; `jet`: Jet-Nemotron-2B; `tiny`) need
 the pretrained model families (sleep_lm.pretrained) and are not presets here yet.
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     config.task = config_dict.ConfigDict()
     config.task.name = "gsm_infinite"
-    config.task.seq_len = 512  # bytes; a multiple of sleep.window (the answer's window wakes)
+    config.task.seq_len = 384  # bytes; a multiple of sleep.window (the answer's window wakes)
     config.task.min_op = 1
     config.task.max_op = 4
     config.task.eval_ops = "1-4"  # eval/accuracy@op=K for each
@@ -55,7 +55,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.levels = "medium,hard"
 
     config.model = config_dict.ConfigDict()
-    config.model.width = 128
+    config.model.width = 64
     config.model.heads = 4
     config.model.layers = "attn,gdn,attn,gdn"
     config.model.mlp_ratio = 4
@@ -69,10 +69,14 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     config.sleep = config_dict.ConfigDict()
     config.sleep.passes = 1
-    config.sleep.window = 64  # 7 sleep windows of context, the 8th holds "Answer: N"
+    config.sleep.window = 64  # 5 sleep windows of context, the 6th holds "Answer: N"
     config.sleep.eviction = "hard"
     config.sleep.remat = "none"
     config.sleep.loop_blocks = "all"
+    # Truncated gradients (0 = all, full BPTT): only the last M passes of each sleep window,
+    # only the last K windows (benchmarks/RESULTS.md measures what they cost and save).
+    config.sleep.grad_passes = 0
+    config.sleep.grad_windows = 0
 
     config.train = config_dict.ConfigDict()
     config.train.steps = 600

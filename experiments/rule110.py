@@ -24,7 +24,7 @@ The argument is a comma-separated list of presets and overrides, parsed by
 
 from ml_collections import config_dict
 
-from sleep_lm.config import default_mesh_config, parse_arg
+from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
 
 # Presets and overrides accepted in the argument, with their default values.
 _ARG_DEFAULTS = {"smoke": False, "repro2a": False, "repro2b": False, "steps": -1, "passes": -1}
@@ -72,6 +72,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.sleep.eviction = "hard"
     config.sleep.remat = "none"
     config.sleep.loop_blocks = "all"
+    # Truncated gradients (0 = all, full BPTT): only the last M passes of each sleep window,
+    # only the last K windows (benchmarks/RESULTS.md measures what they cost and save).
+    config.sleep.grad_passes = 0
+    config.sleep.grad_windows = 0
 
     config.train = config_dict.ConfigDict()
     # ~5B tokens at batch 512 x 100 tokens (Fig. 2b).
@@ -82,9 +86,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.adam_lr = 5e-5  # AdamW group (paper: fixed).
     # Regexes (comma-separated, searched in "/"-joined lower-case parameter paths) that go to
     # AdamW even when 2-D: embeddings, output head, norms, biases, the GDN convolution, and
-    # the gates (forget a_proj/a_log/dt_bias, input b_proj, output o_gate_proj).
+    # the gates (forget a_proj/a_log/dt_bias, input b_proj, output o_gate_proj / Jet g_proj,
+    # Ouro's early_exit_gate); a SwiGLU MLP's gate_proj is a weight matrix (Muon).
     config.train.adam_patterns = (
-        "embed,lm_head,norm,bias,conv,gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/"
+        "embed,lm_head,norm,bias,conv,o_gate,exit_gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/,"
+        "(^|/)g_proj/"
     )
     config.train.schedule = "cosine"  # warm-up, then cosine to min_lr_ratio (or "constant").
     config.train.warmup_steps = 1000
@@ -97,6 +103,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.checkpoint_every = 1000
     config.train.keep_checkpoints = 3
     config.train.tensorboard = True  # event files in the workdir: tensorboard --logdir WORKDIR
+
+    # Where a fresh run's parameters come from (README "Warm starts"): init.from_checkpoint=
+    # "WORKDIR[:STEP]" (another run's parameters) or init.from_hf; "" = random from seed.
+    config.init = default_init_config()
 
     # Devices (launch/README.md): data=-1 = data parallel over all devices; fsdp, tensor.
     config.mesh = default_mesh_config()

@@ -99,11 +99,98 @@ def _validate_model(config) -> None:
     _choice(config, "model.gdn_precision", PRECISIONS)
     _choice(config, "model.dtype", DTYPES)
     _choice(config, "model.positions", POSITIONS)
+    # Jet-layer fields are optional: configs without jet layers need not set them.
+    if config.model.get("jet_expand_v", None) is not None:
+        _float(config, "model.jet_expand_v", 0.0, strict=True)
+    if config.model.get("jet_generator_reduction", None) is not None:
+        _int(config, "model.jet_generator_reduction", 1)
     try:
         # The model's own checks (combinations such as rule x gdn_impl).
         ModelConfig.from_config(config.model)
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
+
+
+MODEL_FAMILY_DEFAULT = "hybrid"  # config.model.family: "hybrid" (HybridLM) or a pretrained family
+
+
+def model_family(config) -> str:
+    """`config.model.family` ("hybrid" when absent: configs written before it existed)."""
+    return config.model.get("family", MODEL_FAMILY_DEFAULT)
+
+
+def pretrained_options(config) -> dict:
+    """load_hf options from `config.model`: the compute settings every family takes, plus
+    `model.hf_options` (a dict of family-specific options, e.g. Ouro's sleep_loops)."""
+    options = {
+        name: config.model[name]
+        for name in ("dtype", "gdn_impl", "chunk_size", "gdn_precision")
+        if config.model.get(name, None) is not None
+    }
+    options.update(dict(config.model.get("hf_options", None) or {}))
+    return options
+
+
+def _pretrained_model(config):
+    """(family name, model) of `config.init.from_hf` without weights; ConfigError if the
+    directory, its config.json or the options are bad."""
+    from sleep_lm.pretrained import hf
+
+    path = (config.get("init", None) or {}).get("from_hf", "")
+    try:
+        family, _, model, _ = hf.build(
+            path, window=config.sleep.window, **pretrained_options(config)
+        )
+    except ValueError as e:
+        raise ConfigError(f"config.init.from_hf={path!r}: {e}") from None
+    return family.name, model
+
+
+def _validate_family(config, task) -> None:
+    """`model.family` and `init.from_hf` together: a pretrained family's architecture comes
+    from the checkpoint's config.json, so it needs `init.from_hf` (also when resuming), of
+    that family, with a vocabulary that holds the task's token ids."""
+    from sleep_lm.pretrained import FAMILIES
+
+    family = model_family(config)
+    allowed = (MODEL_FAMILY_DEFAULT, *sorted(FAMILIES))
+    if family not in allowed:
+        names = ", ".join(repr(a) for a in allowed)
+        raise ConfigError(f"config.model.family must be one of {names} (got {family!r})")
+    from_hf = (config.get("init", None) or {}).get("from_hf", "")
+    if family == MODEL_FAMILY_DEFAULT:
+        if from_hf:
+            raise ConfigError(
+                "config.init.from_hf needs config.model.family set to the checkpoint's family "
+                f"({', '.join(sorted(FAMILIES))}), not 'hybrid'"
+            )
+        return
+    if not from_hf:
+        raise ConfigError(
+            f"config.model.family={family!r} takes its architecture from a Hugging Face "
+            "checkpoint: set config.init.from_hf=DIR"
+        )
+    hf_options = config.model.get("hf_options", None)
+    if hf_options is not None and not isinstance(hf_options, dict | config_dict.ConfigDict):
+        raise ConfigError(f"config.model.hf_options must be a dict (got {hf_options!r})")
+    found, model = _pretrained_model(config)
+    if found != family:
+        raise ConfigError(
+            f"config.init.from_hf={from_hf!r} holds a {found!r} model, but "
+            f"config.model.family={family!r}"
+        )
+    if model.vocab_size < task.vocab_size:
+        raise ConfigError(
+            f"config.init.from_hf={from_hf!r}: vocabulary {model.vocab_size} is smaller than "
+            f"the task's {task.vocab_size} token ids"
+        )
+
+
+def _num_layers(config) -> int:
+    """Blocks `sleep.loop_blocks` indexes: model.layers, or the pretrained model's."""
+    if model_family(config) != MODEL_FAMILY_DEFAULT:
+        return len(_pretrained_model(config)[1].config.layers)
+    return len(layer_types(_get(config, "model.layers")))
 
 
 def _validate_sleep(config, seq_len: int, loss_mask: np.ndarray) -> None:
@@ -121,8 +208,12 @@ def _validate_sleep(config, seq_len: int, loss_mask: np.ndarray) -> None:
         )
     _choice(config, "sleep.eviction", sleep.EVICTIONS)
     _choice(config, "sleep.remat", sleep.REMATS)
+    for field in ("grad_passes", "grad_windows"):
+        # Truncated gradients, 0 = all; absent (configs older than the fields) = 0.
+        if field in _get(config, "sleep"):
+            _int(config, f"sleep.{field}", 0)
     spec = _get(config, "sleep.loop_blocks")
-    num_layers = len(layer_types(_get(config, "model.layers")))
+    num_layers = _num_layers(config)
     try:
         sleep.resolve_loop_blocks(spec, num_layers)
     except ValueError as e:
@@ -193,6 +284,9 @@ RESUMABLE_FIELDS = (
     "task.eval_steps",
     "task.eval_hops",
     "mesh.",
+    # Where a fresh run's parameters come from: once the workdir has a checkpoint, resuming
+    # from it takes precedence and `init` is not read again.
+    "init.",
 )
 
 
@@ -206,22 +300,82 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def resume_conflict(previous: dict, config: config_dict.ConfigDict) -> str | None:
+def resume_conflict(
+    previous: dict,
+    config: config_dict.ConfigDict,
+    allowed: tuple[str, ...] = (),
+    hint: str = "use a new --workdir, or set it back",
+) -> str | None:
     """One line naming the first field where `config` differs from the config a workdir's
-    checkpoints were trained with (`previous`, its config.json), ignoring RESUMABLE_FIELDS;
-    None when resuming is safe."""
+    checkpoints were trained with (`previous`, its config.json), ignoring RESUMABLE_FIELDS
+    and `allowed` (field names; a name ending in "." covers a section); None when resuming
+    (or evaluating) is safe. `hint` ends the line: what to do about it."""
     old = _flatten(previous)
     new = _flatten(json.loads(config.to_json_best_effort()))
+    ignored = RESUMABLE_FIELDS + tuple(allowed)
     for field in sorted(set(old) | set(new)):
-        if any(field == f or (f.endswith(".") and field.startswith(f)) for f in RESUMABLE_FIELDS):
+        if any(field == f or (f.endswith(".") and field.startswith(f)) for f in ignored):
             continue
         if old.get(field, "<unset>") != new.get(field, "<unset>"):
             return (
                 f"config.{field}={new.get(field, '<unset>')!r} differs from the value the "
                 f"checkpoints in this workdir were trained with ({old.get(field, '<unset>')!r}); "
-                "use a new --workdir, or set it back"
+                f"{hint}"
             )
     return None
+
+
+def eval_overrides(text: str, config: config_dict.ConfigDict) -> tuple[str, ...]:
+    """The fields `--eval_overrides` names ("sleep.passes,task.steps"): config fields that
+    `--mode=eval` may set to other values than the run was trained with (e.g. to evaluate at
+    another N or depth). Raises ConfigError (one line) for a name that is not a field."""
+    fields = _flatten(json.loads(config.to_json_best_effort()))
+    names = tuple(name.strip().removeprefix("config.") for name in text.split(",") if name.strip())
+    for name in names:
+        if name not in fields:
+            sections = sorted({f.rsplit(".", 1)[0] + "." for f in fields if f.startswith(name)})
+            detail = f" (a section; name its fields, e.g. {sections[0]}...)" if sections else ""
+            raise ConfigError(f"--eval_overrides: config.{name} is not a config field{detail}")
+    return names
+
+
+def init_checkpoint(value: str) -> tuple[str, int | None]:
+    """`config.init.from_checkpoint` as (workdir, step): "WORKDIR" -> (WORKDIR, None: the
+    latest checkpoint), "WORKDIR:STEP" -> (WORKDIR, STEP)."""
+    path, sep, step = value.rpartition(":")
+    if sep and step.isdigit() and path:
+        return path, int(step)
+    return value, None
+
+
+def default_init_config() -> config_dict.ConfigDict:
+    """`config.init` defaults: where a fresh run's parameters come from.
+
+    from_checkpoint: "WORKDIR" or "WORKDIR:STEP", another run's parameters (matched by
+    name; fresh optimiser state and schedule); from_hf: a Hugging Face checkpoint directory.
+    Both "" (the default): random initialisation from `config.seed`. At most one is set. A
+    workdir that already has a checkpoint resumes from it, whatever `init` says.
+    """
+    return config_dict.ConfigDict({"from_checkpoint": "", "from_hf": ""})
+
+
+def _validate_init(config) -> None:
+    """`config.init` (optional: configs written before it existed have none)."""
+    init = config.get("init", None)
+    if init is None:
+        return
+    sources = []
+    for name in ("from_checkpoint", "from_hf"):
+        value = init.get(name, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"config.init.{name} must be a string (got {value!r})")
+        if value:
+            sources.append(name)
+    if len(sources) > 1:
+        raise ConfigError(
+            "config.init.from_checkpoint and config.init.from_hf are both set; a run starts "
+            "from one of them"
+        )
 
 
 def parse_arg(arg: str | None, **defaults) -> config_dict.ConfigDict:
@@ -326,8 +480,15 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None):
             message if message.startswith("config.") else f"config.{message}"
         ) from None
     _validate_model(config)
+    _validate_init(config)
+    _validate_family(config, task)
     mask = task.eval_batch(1, config.seed)["loss_mask"][0]
     _validate_sleep(config, task.seq_len, mask)
+    if hasattr(task, "check_window"):  # variable loss positions (gsm_infinite): all must wake
+        try:
+            task.check_window(config.sleep.window)
+        except ValueError as e:
+            raise ConfigError(f"config.{e}") from None
     _validate_train(config)
     _validate_mesh_static(config)
     if num_devices is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from sleep_lm import config as config_lib
+from sleep_lm.train.metrics import read_events
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +60,8 @@ def test_config_arguments():
         ("sleep.remat", "all", "config.sleep.remat must be one of 'none', 'pass', 'window'"),
         ("sleep.loop_blocks", "1:1", "config.sleep.loop_blocks: '1:1' selects no block"),
         ("sleep.loop_blocks", "middle", "config.sleep.loop_blocks: allowed"),
+        ("sleep.grad_passes", -1, "config.sleep.grad_passes must be >= 0 (got -1)"),
+        ("sleep.grad_windows", -2, "config.sleep.grad_windows must be >= 0 (got -2)"),
         ("task.steps", -1, "config.task.steps must be >= 0 (got -1)"),
         ("task.name", "rule30", "config.task.name must be one of 'rule110', 'depo'"),
         ("model.layers", "attn,mamba", "config.model.layers: unknown layer type 'mamba'"),
@@ -168,6 +171,10 @@ def test_cli_trains_writes_outputs_and_resumes(tiny_run):
         else:
             assert set(r) == {"step", "eval/loss", "eval/token_accuracy", "eval/accuracy"}
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 3]
+    # TensorBoard (train.tensorboard defaults to on): the same steps, none twice after resuming.
+    events = read_events(workdir)
+    assert [s for s, tag, _ in events if tag == "train/loss"] == [1, 2, 3]
+    assert [s for s, tag, _ in events if tag == "eval/accuracy"] == [2, 3]
 
 
 def test_cli_eval_mode(tiny_run):
@@ -185,6 +192,130 @@ def test_cli_eval_mode(tiny_run):
     final = [r for r in metrics if r["step"] == 3 and "eval/loss" in r][0]
     assert record["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
     assert json.loads((workdir / "eval.json").read_text()) == record
+    # What was evaluated: the resolved task, model and sleep sections, nothing overridden.
+    trained = json.loads((workdir / "config.json").read_text())
+    assert record["config"] == {k: trained[k] for k in ("task", "model", "sleep")}
+    assert record["eval_overrides"] == {}
+
+
+def test_cli_eval_refuses_a_changed_config(tiny_run):
+    workdir, _, _ = tiny_run
+    result = run_main(
+        "--config=experiments/rule110.py:smoke,steps=0,passes=3",  # trained with passes=2
+        f"--workdir={workdir}",
+        *TINY_MODEL,
+        "--mode=eval",
+    )
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: config.sleep.passes=3 differs from the value the checkpoints")
+    assert line.endswith("or name the field in --eval_overrides")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--mode=eval", "--eval_overrides=sleep.pases"],
+            "error: --eval_overrides: config.sleep.pases is not a config field",
+        ),
+        (
+            ["--mode=eval", "--eval_overrides=sleep"],
+            "error: --eval_overrides: config.sleep is not a config field (a section",
+        ),
+        (["--eval_overrides=sleep.passes"], "error: --eval_overrides applies to --mode=eval only"),
+    ],
+)
+def test_cli_eval_overrides_are_validated(tmp_path, flags, message):
+    result = run_main(
+        "--config=experiments/rule110.py:smoke", f"--workdir={tmp_path / 'w'}", *flags
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(message), line
+
+
+def test_cli_eval_at_another_n_when_asked(tiny_run):
+    workdir, _, _ = tiny_run
+    result = run_main(
+        "--config=experiments/rule110.py:smoke,steps=0,passes=3",
+        f"--workdir={workdir}",
+        *TINY_MODEL,
+        "--mode=eval",
+        "--eval_overrides=sleep.passes,task.steps",
+        "--config.task.steps=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((workdir / "eval.json").read_text())
+    assert record["step"] == 3
+    assert record["config"]["sleep"]["passes"] == 3 and record["config"]["task"]["steps"] == 1
+    assert record["eval_overrides"] == {
+        "sleep.passes": {"trained": 2, "evaluated": 3},
+        "task.steps": {"trained": 0, "evaluated": 1},
+    }
+    assert 0 <= record["eval/token_accuracy"] <= 1
+
+
+def test_load_run_rebuilds_the_trained_run(tiny_run, tmp_path):
+    import sleep_lm
+    from sleep_lm import inference
+
+    workdir, _, _ = tiny_run
+    run = sleep_lm.load_run(workdir)
+    assert run.step == 3 and run.spec.passes == 2 and run.spec.window == 24
+    assert run.task.steps == 0 and run.config.model.width == 16
+    assert sleep_lm.load_run(workdir, step=2).step == 2
+    # The trainer's final eval, recomputed from what load_run returns.
+    held_out = run.task.eval_batch(run.config.train.eval_size, run.config.seed)
+    metrics = inference.evaluate(run.model, run.params, run.spec, held_out)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if r["step"] == 3 and "eval/loss" in r][0]
+    assert float(metrics["loss"]) == pytest.approx(final["eval/loss"], rel=1e-4)
+    # One line for a directory that is not a run, or a run without checkpoints.
+    with pytest.raises(FileNotFoundError, match=r"^no config.json in .*: not a sleep_lm run"):
+        sleep_lm.load_run(tmp_path)
+    (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match=r"^no checkpoint in .*checkpoints"):
+        sleep_lm.load_run(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"^no checkpoint of step 1 in .*\(steps: 2, 3\)$"):
+        sleep_lm.load_run(workdir, step=1)
+
+
+def test_cli_warm_start_recipe_hard_then_sliding(tiny_run, tmp_path):
+    # README "Warm starts": N = 2 trained with hard eviction (tiny_run), then continued in a
+    # new run with sliding eviction from its step-2 parameters.
+    workdir, _, _ = tiny_run
+    sliding = tmp_path / "sliding"
+    flags = [
+        "--config=experiments/rule110.py:smoke,steps=0,passes=2",
+        f"--workdir={sliding}",
+        *TINY_MODEL,
+        "--config.sleep.eviction=sliding",
+        "--config.train.steps=1",
+    ]
+    result = run_main(*flags, f"--config.init.from_checkpoint={workdir}:2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"initialised from {workdir}, checkpoint step 2" in result.stderr
+    assert sorted(int(p.name) for p in (sliding / "checkpoints").iterdir()) == [1]
+    config = json.loads((sliding / "config.json").read_text())
+    assert config["sleep"]["eviction"] == "sliding"
+    assert config["init"]["from_checkpoint"] == f"{workdir}:2"
+
+
+def test_cli_warm_start_from_another_model_is_one_line(tiny_run, tmp_path):
+    workdir, _, _ = tiny_run
+    result = run_main(
+        "--config=experiments/rule110.py:smoke,steps=0,passes=2",
+        f"--workdir={tmp_path / 'wide'}",
+        *TINY_MODEL,
+        "--config.model.width=32",
+        f"--config.init.from_checkpoint={workdir}",
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"error: config.init.from_checkpoint='{workdir}': parameter ")
+    assert "has shape (16," in lines[-1] and "this model needs (32," in lines[-1]
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_conflict_names_the_changed_field():
