@@ -34,7 +34,7 @@ The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `s
 
 from ml_collections import config_dict
 
-from sleep_lm.config import default_mesh_config, parse_arg
+from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
 
 _ARG_DEFAULTS = {"scratch": False, "passes": -1, "steps": -1}
 
@@ -97,6 +97,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.eval_size = 200  # per op: the paper's 200 held-out problems per op count
     config.train.checkpoint_every = 200
     config.train.keep_checkpoints = 2
+
+    # Where a fresh run's parameters come from (README "Warm starts"): init.from_checkpoint=
+    # "WORKDIR[:STEP]" (another run's parameters) or init.from_hf; "" = random from seed.
+    config.init = default_init_config()
 
     config.mesh = default_mesh_config()
 

@@ -4,13 +4,26 @@ r"""Command line entry point: train or evaluate one config in one workdir.
       --config.task.steps=0 --config.sleep.passes=2
 
 --mode=train (default) trains to config.train.steps, resuming from WORKDIR/checkpoints when
-there is a checkpoint; --mode=eval evaluates the latest checkpoint on the held-out set(s)
-through the streaming inference path (sleep_lm.inference: windows fed and slept on,
-prediction windows decoded token by token) and writes WORKDIR/eval.json. Eval metrics are
-broken down by difficulty where the task defines it (`eval/accuracy@t=16` for Rule 110's
-`task.eval_steps`, `eval/accuracy@k=8` for Depo's `task.eval_hops`). The config is
-validated before anything is compiled: an invalid field prints one line
-`error: config.<field> ...` and exits with status 2.
+there is a checkpoint (a fresh workdir starts from `config.init`: random, or another run's
+parameters with init.from_checkpoint=WORKDIR[:STEP]); --mode=eval evaluates the latest
+checkpoint on the held-out set(s) through the streaming inference path (sleep_lm.inference:
+windows fed and slept on, prediction windows decoded token by token) and writes
+WORKDIR/eval.json. Eval metrics are broken down by difficulty where the task defines it
+(`eval/accuracy@t=16` for Rule 110's `task.eval_steps`, `eval/accuracy@k=8` for Depo's
+`task.eval_hops`). The config is validated before anything is compiled: an invalid field
+prints one line `error: config.<field> ...` and exits with status 2.
+
+Both modes refuse a config that differs from WORKDIR/config.json (the config the
+checkpoints were trained with) outside budget, cadence, eval sets, mesh and init
+(config.RESUMABLE_FIELDS): eval would otherwise report another experiment under this run's
+name. To evaluate at another N or depth on purpose, name the fields:
+
+  python -m sleep_lm.main --config=experiments/rule110.py:smoke,steps=0,passes=2 \
+      --workdir=/tmp/rule110 --mode=eval --eval_overrides=sleep.passes \
+      --config.sleep.passes=4
+
+eval.json holds the checkpoint's step, the metrics, the resolved `task`, `model` and `sleep`
+sections evaluated under, and each overridden field's trained and evaluated value.
 
 Devices: `config.mesh` (data, fsdp, tensor; see sleep_lm/parallel.py) lays the run out on
 all devices; the mesh is checked against the device count before compiling. Multi-host:
@@ -21,8 +34,9 @@ default `--distributed=auto` does that only when a coordinator address is given 
 SLURM step of several tasks. See launch/README.md.
 
 Exit status: 0 done; 1 non-finite loss (the last good checkpoint is kept) or no checkpoint
-to evaluate; 2 invalid config (or distributed setup); 128 + signal number when stopped by
-SIGINT / SIGTERM (after saving a checkpoint).
+(or config.json) to evaluate; 2 invalid config (or distributed setup, or a config that
+differs from the workdir's, or an init source this model cannot start from); 128 + signal
+number when stopped by SIGINT / SIGTERM (after saving a checkpoint).
 """
 
 import json
@@ -40,6 +54,14 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints/."
 )
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_EVAL_OVERRIDES = flags.DEFINE_string(
+    "eval_overrides",
+    "",
+    "--mode=eval only: comma-separated config fields allowed to differ from the run's "
+    "config.json, e.g. 'sleep.passes,task.steps' to evaluate at another N or depth (set "
+    "them with --config.<field>=...). Each must name a config field; eval.json records "
+    "their trained and evaluated values. Any other difference is refused.",
+)
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
     "auto",
@@ -75,6 +97,24 @@ def write_config(config, workdir: Path) -> None:
     path.write_text(text)
 
 
+def eval_record(step: int, metrics: dict, config, previous: dict, overrides) -> dict:
+    """eval.json: the checkpoint's step, the metrics, the task / model / sleep sections the
+    checkpoint was evaluated under, and {field: {"trained": ..., "evaluated": ...}} for the
+    fields of --eval_overrides."""
+    from sleep_lm.config import _flatten
+
+    resolved = json.loads(config.to_json_best_effort())
+    old, new = _flatten(previous), _flatten(resolved)
+    return {
+        "step": step,
+        **metrics,
+        "config": {name: resolved[name] for name in ("task", "model", "sleep") if name in resolved},
+        "eval_overrides": {
+            name: {"trained": old.get(name), "evaluated": new.get(name)} for name in overrides
+        },
+    }
+
+
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -84,8 +124,11 @@ def main(argv) -> None:
     config = _CONFIG.value
     try:
         config_lib.validate(config)
+        overrides = config_lib.eval_overrides(_EVAL_OVERRIDES.value, config)
     except config_lib.ConfigError as e:
         fail(str(e), 2)
+    if overrides and _MODE.value != "eval":
+        fail("--eval_overrides applies to --mode=eval only", 2)
 
     # Multi-host init must precede anything that touches a device; the device-dependent
     # mesh checks follow it, still before anything is compiled.
@@ -108,7 +151,7 @@ def main(argv) -> None:
     except config_lib.ConfigError as e:
         fail(str(e), 2)
 
-    from sleep_lm.train import loop
+    from sleep_lm.train import checkpoint, loop
 
     workdir = Path(_WORKDIR.value)
     try:
@@ -117,11 +160,26 @@ def main(argv) -> None:
         fail(f"config: {e}", 2)
 
     if _MODE.value == "eval":
+        trained = workdir / "config.json"
+        if not trained.is_file():
+            fail(f"no config.json in {workdir}: no run to evaluate there", 1)
+        previous = json.loads(trained.read_text())
+        conflict = config_lib.resume_conflict(
+            previous,
+            config,
+            allowed=overrides,
+            hint="evaluate under the config the run was trained with, or name the field in "
+            "--eval_overrides",
+        )
+        if conflict:
+            fail(conflict, 2)
         try:
             step, metrics = loop.evaluate_checkpoint(config, workdir, components)
         except FileNotFoundError as e:
             fail(str(e), 1)
-        record = {"step": step, **metrics}
+        except checkpoint.ParamMismatch as e:
+            fail(f"--eval_overrides: {e}", 2)
+        record = eval_record(step, metrics, config, previous, overrides)
         if parallel.is_primary():
             (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
             print(json.dumps(record), flush=True)
@@ -137,6 +195,8 @@ def main(argv) -> None:
         write_config(config, workdir)
     try:
         metrics = loop.train(config, workdir, components)
+    except loop.InitError as e:
+        fail(str(e), 2)
     except loop.NonFiniteLoss as e:
         fail(str(e), 1)
     except loop.Interrupted as e:

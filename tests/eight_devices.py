@@ -3,9 +3,9 @@ XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must be set before 
 imported, so these cannot share a process with the other tests). Skipped if run directly
 with fewer devices.
 
-Covers: per-host batch rows with simulated process indices, the parameter / optimiser-state
-layout, the model state's sharding (batch and heads), and checkpoints restored under other
-meshes (8 devices -> 1 -> 4).
+Covers: per-host batch rows with simulated process indices (the same global batch for any
+host count), the parameter / optimiser-state layout, the model state's sharding (batch and
+heads), and checkpoints restored under other meshes (8 devices -> 1 -> 4).
 """
 
 import chex
@@ -63,9 +63,7 @@ def simulate_hosts(m, processes, global_size, step=5):
     rows, data = {}, {}
     for p in range(processes):
         rows[p] = parallel.host_rows(sharding, global_size, process_index=p, process_of=process_of)
-        data[p] = loop.batch_for_step(
-            FakeTask(), 0, step, rows[p].size, rows[p].shard, rows[p].num_shards
-        )["inputs"]
+        data[p] = loop.batch_for_step(FakeTask(), 0, step, global_size, rows[p].rows)["inputs"]
     # Assemble the global batch device by device from the owning host's local data, as
     # make_array_from_process_local_data does across real hosts.
     shards = []
@@ -78,6 +76,10 @@ def simulate_hosts(m, processes, global_size, step=5):
     full = np.asarray(global_array)
     for p in range(processes):
         np.testing.assert_array_equal(full[list(rows[p].rows)], data[p])
+    # Whatever the number of hosts, the step's batch is the single-process batch.
+    np.testing.assert_array_equal(
+        full, loop.batch_for_step(FakeTask(), 0, step, global_size)["inputs"]
+    )
     return rows, data
 
 
@@ -85,7 +87,7 @@ def test_host_rows_one_slice_per_host():
     rows, data = simulate_hosts(mesh(2, 2, 2), processes=2, global_size=8)
     assert rows[0] == parallel.HostRows(rows=(0, 1, 2, 3), shard=0, num_shards=2)
     assert rows[1] == parallel.HostRows(rows=(4, 5, 6, 7), shard=1, num_shards=2)
-    assert not np.array_equal(data[0], data[1])  # the shard index is in the seed
+    assert not np.array_equal(data[0], data[1])  # different rows of the one global batch
     rows4, data4 = simulate_hosts(mesh(4, 2, 1), processes=4, global_size=16)
     assert [rows4[p].rows for p in range(4)] == [tuple(range(4 * p, 4 * p + 4)) for p in range(4)]
     assert [rows4[p].shard for p in range(4)] == [0, 1, 2, 3]
@@ -108,10 +110,15 @@ def test_host_rows_are_deterministic_and_one_host_gets_the_single_process_batch(
     _, other = simulate_hosts(mesh(2, 2, 2), processes=2, global_size=8, step=4)
     chex.assert_trees_all_equal(first, again)
     assert not np.array_equal(first[0], other[0])
-    # One process owning all 8 devices: one shard, the plain seed [seed, 2, step].
+    # One process owning all 8 devices: one shard, the whole batch.
     rows, data = simulate_hosts(mesh(2, 2, 2), processes=1, global_size=8, step=3)
     assert rows[0] == parallel.HostRows(rows=tuple(range(8)), shard=0, num_shards=1)
     np.testing.assert_array_equal(data[0], loop.batch_for_step(FakeTask(), 0, 3, 8)["inputs"])
+    # Two, four and eight hosts hold slices of that same batch.
+    for processes in (2, 4, 8):
+        rows, more = simulate_hosts(mesh(8, 1, 1), processes=processes, global_size=8, step=3)
+        joined = np.concatenate([more[p] for p in range(processes)])
+        np.testing.assert_array_equal(joined, data[0])
     # And the real assembly (this process) places exactly that batch.
     sharding = parallel.batch_sharding(mesh(2, 2, 2), RULES)
     batch = parallel.global_batch({"inputs": data[0]}, sharding, 8)["inputs"]

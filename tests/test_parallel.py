@@ -342,8 +342,8 @@ def test_two_processes_share_one_run(tmp_path):
     assert [(r["step"], "loss" in r) for r in records] == [(1, True), (2, True), (2, False)]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2]
 
-    # Step 1's loss is the loss of the initial parameters on host 0's rows then host 1's,
-    # each drawn from its own shard of the seed.
+    # Step 1's loss is the loss of the initial parameters on the one-process batch of step
+    # 0: host 0 holds its first half, host 1 its second.
     config = get_config("smoke,steps=0,passes=2")
     for flag in TINY[1:]:
         field, value = flag[len("--config.") :].split("=")
@@ -351,8 +351,13 @@ def test_two_processes_share_one_run(tmp_path):
         config[section][name] = type(config[section][name])(value)
     components = loop.build_components(config)
     params = components.init_params(jax.random.PRNGKey(config.seed))
-    halves = [loop.batch_for_step(components.task, config.seed, 0, 4, s, 2) for s in (0, 1)]
+    halves = [
+        loop.batch_for_step(components.task, config.seed, 0, 8, r) for r in (range(4), range(4, 8))
+    ]
     batch = {k: np.concatenate([h[k] for h in halves]) for k in halves[0]}
+    whole = loop.batch_for_step(components.task, config.seed, 0, 8)
+    for key in whole:
+        np.testing.assert_array_equal(batch[key], whole[key])
     loss, _ = jax.jit(components.loss_fn)(params, batch)
     assert records[0]["loss"] == pytest.approx(float(loss), rel=1e-4)
 

@@ -10,6 +10,12 @@ number of hosts): `restore` reads each array straight into the sharding of the t
 ShapeDtypeStructs (the train loop passes the current mesh's NamedShardings). With several
 processes every process calls `save` and `restore`; orbax writes each process's shards and
 lets process 0 finalise the checkpoint, so WORKDIR must be a directory all hosts share.
+
+Parameters only: `restore_params(directory, target, step)` reads just the `params` of a
+checkpoint (an orbax partial restore: the optimiser state is never read), optionally into a
+target tree of ShapeDtypeStructs, checked by name and shape first so that a mismatch is one
+line naming the parameter. `sleep_lm.load_run`, `--mode=eval` and `config.init.
+from_checkpoint` (warm starts) use it.
 """
 
 import logging as std_logging
@@ -43,7 +49,9 @@ def abstract_like(tree):
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def leaf(x):
-        sharding = getattr(x, "sharding", None) or device
+        sharding = getattr(x, "sharding", None)
+        if not isinstance(sharding, jax.sharding.Sharding):  # None, or orbax's metadata
+            sharding = device
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return jax.tree.map(leaf, tree)
@@ -94,3 +102,80 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def _param_names(tree) -> dict[str, tuple]:
+    """{'block_0/mixer/q_proj/kernel': shape} of a parameter tree (arrays or metadata)."""
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="/"): tuple(x.shape) for path, x in leaves
+    }
+
+
+class ParamMismatch(ValueError):
+    """A checkpoint lacks a parameter the model needs, or holds it with another shape."""
+
+
+def check_params(found: dict[str, tuple], needed: dict[str, tuple], where: str) -> None:
+    """Raises ParamMismatch (one line) naming the first parameter of `needed` that `found`
+    lacks or holds with another shape ({name: shape} both, see `_param_names`)."""
+    for name, shape in needed.items():
+        if name not in found:
+            raise ParamMismatch(f"parameter {name} (shape {shape}) is missing in {where}")
+        if found[name] != shape:
+            raise ParamMismatch(
+                f"parameter {name} has shape {found[name]} in {where}; this model needs {shape}"
+            )
+
+
+def restore_params(directory: str | os.PathLike, target=None, step: int | None = None):
+    """(params, step) of the checkpoint at `step` (default: latest) in `directory`, reading
+    the parameters only (orbax partial restore; no optimiser state is read).
+
+    target: the parameter tree to restore into (ShapeDtypeStructs or arrays; leaves with a
+    sharding are restored into it, see `abstract_like`); checked by name and shape first,
+    so that a missing or mis-shaped parameter is a ParamMismatch (ValueError) naming it.
+    Parameters of the checkpoint that `target` does not name are not read. None: every
+    parameter as stored.
+    Raises FileNotFoundError when `directory` holds no checkpoint (or not that step).
+    """
+    _quiet_orbax()
+    directory = Path(directory).absolute()
+    if not directory.is_dir():  # Checked before orbax: its manager would create it.
+        raise FileNotFoundError(f"no checkpoint in {directory} (no such directory)")
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    # The plain PyTree handler reads what StandardSave wrote and takes partial restores.
+    manager = ocp.CheckpointManager(
+        directory, options=options, item_handlers=ocp.PyTreeCheckpointHandler()
+    )
+    try:
+        steps = list(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {directory} (steps: "
+                f"{', '.join(map(str, sorted(steps)))})"
+            )
+        stored = manager.item_metadata(step)
+        stored = getattr(stored, "tree", stored)
+        if "params" not in stored:
+            raise ValueError(f"the checkpoint of step {step} in {directory} holds no params")
+        where = f"the checkpoint of step {step} in {directory}"
+        if target is None:
+            target = stored["params"]
+        else:
+            check_params(_param_names(stored["params"]), _param_names(target), where)
+        item = abstract_like({"params": target})
+        restored = manager.restore(
+            step,
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
+    finally:
+        manager.close()
+    return restored["params"], int(step)

@@ -18,9 +18,8 @@ each set's metrics are logged with that suffix (`eval/accuracy@k=8`).
 Determinism: the batch of step s is `task.sample(np.random.default_rng([seed, 2, s]), batch)`,
 and parameters are initialised from `seed`, so a restarted run sees the same data in the
 same order as an uninterrupted one and resuming from a checkpoint reproduces it. With
-several hosts each host samples only its rows of the global batch, from
-`[seed, 2, s, num_shards, shard]` (`batch_for_step`); one host, whatever its number of
-devices, samples exactly the single-process batch.
+several hosts each host samples that same global batch and keeps its rows
+(`batch_for_step`), so the data does not depend on the number of hosts or devices.
 
 Devices (sleep_lm/parallel.py): the train state is placed on the mesh of `config.mesh` with
 NamedShardings from the parameter layout table, the batch is split on its leading axis over
@@ -80,22 +79,42 @@ class Components:
     init_params: Callable[[jax.Array], Any]
     loss_fn: LossFn
     eval_fn: LossFn | None = None  # held-out evaluation of a checkpoint; None: loss_fn
+    model: Any = None  # the Flax model and its sleep.SleepSpec (sleep_lm.load_run returns
+    spec: Any = None  # them); None for components a test builds by hand
 
 
 def build_components(config: config_dict.ConfigDict) -> Components:
     """Task, model and sleep spec from the config (imports them here: they are optional for
     tests that bring their own components)."""
+    from sleep_lm import config as config_lib
     from sleep_lm import inference, sleep
     from sleep_lm.model import build_model
     from sleep_lm.tasks import get_task
 
     task = get_task(config.task)
-    model = build_model(
-        config.model, vocab_size=task.vocab_size, max_len=task.seq_len, window=config.sleep.window
-    )
+    if config_lib.model_family(config) == config_lib.MODEL_FAMILY_DEFAULT:
+        model = build_model(
+            config.model,
+            vocab_size=task.vocab_size,
+            max_len=task.seq_len,
+            window=config.sleep.window,
+        )
+    else:
+        # A pretrained family: the architecture of init.from_hf's config.json (no weights
+        # read here; initial_params loads them into a fresh run). Task token ids index the
+        # checkpoint's vocabulary as they are (validated: they fit).
+        from sleep_lm.pretrained import hf
+
+        model = hf.build(
+            config.init.from_hf,
+            window=config.sleep.window,
+            **config_lib.pretrained_options(config),
+        )[2]
     # The wake/sleep pattern of the windows is static: it comes from the task's layout, which
     # every example shares, so one example decides it.
     probe = task.eval_batch(1, config.seed)
+    if hasattr(task, "check_window"):  # loss positions vary per example: all must be awake
+        task.check_window(config.sleep.window)
     schedule = sleep.window_schedule(probe["loss_mask"][0], config.sleep.window)
     spec = sleep.SleepSpec.from_config(config.sleep, schedule)
 
@@ -107,7 +126,14 @@ def build_components(config: config_dict.ConfigDict) -> Components:
         # what a deployed model computes, equal to loss_fn's up to float rounding.
         return inference.streaming_loss(model, params, batch, spec)
 
-    return Components(task=task, init_params=model.init_params, loss_fn=loss_fn, eval_fn=eval_fn)
+    return Components(
+        task=task,
+        init_params=model.init_params,
+        loss_fn=loss_fn,
+        eval_fn=eval_fn,
+        model=model,
+        spec=spec,
+    )
 
 
 # Training batches come from the seed stream [seed, TRAIN_STREAM, step]. The tasks draw their
@@ -117,19 +143,21 @@ def build_components(config: config_dict.ConfigDict) -> Components:
 TRAIN_STREAM = 2
 
 
-def batch_for_step(
-    task, seed: int, step: int, batch_size: int, shard: int = 0, num_shards: int = 1
-) -> dict:
-    """The training batch of `step`: a function of (seed, step) only.
+def batch_for_step(task, seed: int, step: int, batch_size: int, rows=None) -> dict:
+    """The global training batch of `step` (`batch_size` rows): a function of (seed, step)
+    only, `task.sample(np.random.default_rng([seed, 2, step]), batch_size)`.
 
-    With `num_shards` > 1 (several hosts, `parallel.host_rows`), the `batch_size` rows of
-    shard `shard` of the global batch, from a seed that also holds (num_shards, shard): every
-    host draws different rows, deterministically, without sampling the others'.
+    rows: the global row indices to keep (a host's rows, `parallel.host_rows`); None: all.
+    Every host samples the whole global batch and keeps its rows, so the batch of step s is
+    the same rows whether one process or eight produce it: a sweep run on different host
+    counts sees identical data. Sampling is cheap next to a step (about 10 ms for 512 Rule
+    110 or Depo rows on one core) and overlaps with the device's step.
     """
-    key = [seed, TRAIN_STREAM, step]
-    if num_shards > 1:
-        key += [num_shards, shard]
-    return task.sample(np.random.default_rng(key), batch_size)
+    batch = task.sample(np.random.default_rng([seed, TRAIN_STREAM, step]), batch_size)
+    if rows is None:
+        return batch
+    index = np.asarray(rows, np.int64)
+    return {key: value[index] for key, value in batch.items()}
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
@@ -294,15 +322,78 @@ def init_or_restore(
 
     abstract = jax.eval_shape(create)
     shardings = parallel.tree_shardings(abstract, layout.mesh, layout.rules)
-    if checkpointer.latest_step() is not None:
-        # The target's shardings are this run's: orbax reshards whatever mesh wrote it.
-        target = jax.tree.map(
-            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
-        )
+    # The target's shardings are this run's: orbax reshards whatever mesh wrote it.
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+    )
+    if checkpointer.latest_step() is not None:  # Resuming takes precedence over config.init.
         state = checkpointer.restore(target)
         logging.info("resumed from checkpoint step %d", int(state.step))
         return state, shardings
+    params = initial_params(config, target.params)
+    if params is not None:
+        # Fresh optimiser state and step 0: the schedule starts again from its warm-up.
+        state = jax.jit(lambda p: TrainState.create(p, optimizer), out_shardings=shardings)(params)
+        return state, shardings
     return jax.jit(create, out_shardings=shardings)(), shardings
+
+
+class InitError(ValueError):
+    """`config.init` names parameters this run cannot start from; one line naming the field."""
+
+
+def initial_params(config: config_dict.ConfigDict, target):
+    """The parameters `config.init` starts a fresh run from, restored onto `target` (the
+    run's parameter ShapeDtypeStructs with their shardings); None when `config.init` names no
+    source (random initialisation from `config.seed`).
+
+    init.from_checkpoint="WORKDIR[:STEP]": the parameters of another run's checkpoint
+    (default: its latest), matched by name (the "/"-joined parameter path) and shape; the
+    optimiser state is not read. Parameters the source has and this model lacks are not
+    read. Raises InitError naming a missing or mis-shaped parameter, or a source without
+    checkpoints.
+    """
+    from sleep_lm.config import init_checkpoint
+    from sleep_lm.train.checkpoint import restore_params
+
+    init = config.get("init", None) or {}
+    if init.get("from_hf", ""):
+        return _hf_params(config, target)
+    source = init.get("from_checkpoint", "")
+    if not source:
+        return None
+    workdir, step = init_checkpoint(source)
+    try:
+        params, step = restore_params(Path(workdir) / "checkpoints", target, step)
+    except (FileNotFoundError, ValueError) as e:
+        raise InitError(f"config.init.from_checkpoint={source!r}: {e}") from None
+    logging.info(
+        "initialised from %s, checkpoint step %d (fresh optimiser state and schedule)",
+        workdir,
+        step,
+    )
+    return params
+
+
+def _hf_params(config: config_dict.ConfigDict, target):
+    """init.from_hf=DIR: the checkpoint's weights, each device's slice read straight into
+    `target`'s shardings (sleep_lm.pretrained.load_hf). InitError for a bad checkpoint."""
+    from sleep_lm.config import pretrained_options
+    from sleep_lm.pretrained import load_hf
+
+    source = config.init.from_hf
+    shardings = jax.tree.map(lambda t: t.sharding, target)
+    try:
+        _, params = load_hf(
+            source,
+            window=config.sleep.window,
+            shardings=shardings,
+            **pretrained_options(config),
+        )
+    except ValueError as e:
+        raise InitError(f"config.init.from_hf={source!r}: {e}") from None
+    logging.info("initialised from Hugging Face checkpoint %s (fresh optimiser state)", source)
+    return params
 
 
 class _NoWriter:
@@ -390,7 +481,7 @@ def train(
 
         def sample(step):
             # This host's rows of the global batch of `step`, assembled across hosts.
-            local = batch_for_step(task, config.seed, step, rows.size, rows.shard, rows.num_shards)
+            local = batch_for_step(task, config.seed, step, train_cfg.batch_size, rows.rows)
             return parallel.global_batch(local, layout.batch, train_cfg.batch_size)
 
         def put_eval(chunk):
@@ -461,24 +552,26 @@ def evaluate_checkpoint(
     config: config_dict.ConfigDict,
     workdir: str | Path,
     components: Components | None = None,
+    step: int | None = None,
 ) -> tuple[int, dict[str, float]]:
-    """(step, eval metrics) of the latest checkpoint in WORKDIR on the held-out set."""
+    """(step, eval metrics) of the checkpoint at `step` (default: the latest) in WORKDIR on
+    the held-out set(s), evaluated under `config` with `components.eval_fn`.
+
+    Only the parameters are read (`sleep_lm.run.load_run`: no optimiser state), straight
+    into this mesh's shardings. Raises FileNotFoundError when WORKDIR holds no checkpoint.
+    """
+    from sleep_lm.run import load_run
+
     workdir = Path(workdir)
     components = components or build_components(config)
-    optimizer = optim.make_optimizer(config.train)
     layout = Layout.from_config(config)
-    if not (workdir / "checkpoints").is_dir():
-        # Checked before orbax is asked: its manager would create the (empty) directory.
-        raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'} (no such directory)")
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-    try:
-        if checkpointer.latest_step() is None:
-            raise FileNotFoundError(f"no checkpoint in {workdir / 'checkpoints'}")
-        state, shardings = init_or_restore(config, components, optimizer, checkpointer, layout)
-    finally:
-        checkpointer.close()
-    _, eval_step = _compile_steps(
-        components, optimizer, layout, shardings, eval_fn=components.eval_fn
+    abstract = jax.eval_shape(components.init_params, jax.random.PRNGKey(0))
+    shardings = parallel.tree_shardings(abstract, layout.mesh, layout.rules)
+    run = load_run(workdir, step, config=config, components=components, shardings=shardings)
+    eval_step = jax.jit(
+        make_eval_step(components.eval_fn or components.loss_fn),
+        in_shardings=(shardings, layout.batch),
+        out_shardings=layout.replicated,
     )
     held_out = eval_sets(components.task, config.train.eval_size, config.seed)
     chunk = min(config.train.batch_size, config.train.eval_size)
@@ -487,5 +580,5 @@ def evaluate_checkpoint(
         return parallel.replicated_batch(chunk, layout.batch)
 
     with layout.context():
-        metrics = evaluate_sets(eval_step, state.params, held_out, chunk, put)
-    return int(state.step), metrics
+        metrics = evaluate_sets(eval_step, run.params, held_out, chunk, put)
+    return run.step, metrics

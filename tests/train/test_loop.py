@@ -47,6 +47,21 @@ def test_batches_depend_on_seed_and_step_only():
     assert not np.array_equal(a["inputs"], d["inputs"])
 
 
+@pytest.mark.parametrize("hosts", [2, 4, 8])
+def test_batch_of_a_step_does_not_depend_on_the_host_count(hosts):
+    # Simulated hosts, each holding a contiguous slice of the global batch of 8 rows (what
+    # parallel.host_rows gives on a data-parallel mesh), each sampling on its own.
+    task, whole = FakeTask(), loop.batch_for_step(FakeTask(), 0, 5, 8)
+    size = 8 // hosts
+    parts = [
+        loop.batch_for_step(task, 0, 5, 8, range(h * size, (h + 1) * size)) for h in range(hosts)
+    ]
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    odd = loop.batch_for_step(task, 0, 5, 8, (6, 1))  # any row set: those rows of the batch
+    np.testing.assert_array_equal(odd["inputs"], whole["inputs"][[6, 1]])
+
+
 def test_training_batches_are_not_the_rule110_eval_set():
     # The eval set comes from default_rng([seed, 1]); training must not reuse that stream.
     from sleep_lm.tasks import get_task
