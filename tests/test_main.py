@@ -94,6 +94,21 @@ def test_validation_names_the_field(field, value, message):
     assert "\n" not in text
 
 
+def test_init_takes_one_source():
+    config = experiment_config("smoke")
+    assert (config.init.from_checkpoint, config.init.from_hf) == ("", "")
+    config.init.from_checkpoint = "/runs/a:200"
+    config_lib.validate(config)
+    assert config_lib.init_checkpoint("/runs/a:200") == ("/runs/a", 200)
+    assert config_lib.init_checkpoint("/runs/a") == ("/runs/a", None)
+    config.init.from_hf = "/models/qwen"
+    with pytest.raises(config_lib.ConfigError, match="^config.init.from_checkpoint and config"):
+        config_lib.validate(config)
+    config.init = {"from_checkpoint": 3, "from_hf": ""}
+    with pytest.raises(config_lib.ConfigError, match=r"^config.init.from_checkpoint must be a "):
+        config_lib.validate(config)
+
+
 def test_window_without_sleep_is_rejected_only_with_passes():
     config = experiment_config("smoke")
     config.sleep.window = 100  # one window, and it holds the labels: nothing to sleep on

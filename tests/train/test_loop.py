@@ -184,6 +184,57 @@ def test_evaluate_checkpoint_of_a_missing_workdir_creates_nothing(tmp_path):
     assert not workdir.exists()  # orbax would have made an empty checkpoints/ directory
 
 
+def _init_state(config, workdir):
+    """init_or_restore for `workdir` (its checkpoints, else config.init, else the seed)."""
+    components = fake_components()
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=2)
+    try:
+        optimizer = optim.make_optimizer(config.train)
+        state, _ = loop.init_or_restore(config, components, optimizer, checkpointer)
+        return state
+    finally:
+        checkpointer.close()
+
+
+def test_warm_start_takes_the_parameters_and_a_fresh_optimiser(straight_run, tmp_path):
+    source, _, _ = straight_run  # checkpoints at steps 4 and 6
+    config = tiny_config()
+    config.init.from_checkpoint = f"{source}:4"
+    state = _init_state(config, tmp_path / "warm")
+    chex.assert_trees_all_equal(
+        state.params, _restore_params(source, config, fake_components(), 4).params
+    )
+    assert int(state.step) == 0  # the schedule starts again
+    fresh = TrainState.create(state.params, optim.make_optimizer(config.train)).opt_state
+    chex.assert_trees_all_equal(state.opt_state, fresh)
+    config.init.from_checkpoint = str(source)  # default: the latest checkpoint
+    latest = _init_state(config, tmp_path / "warm_latest")
+    chex.assert_trees_all_equal(
+        latest.params, _restore_params(source, config, fake_components()).params
+    )
+
+
+def test_resuming_takes_precedence_over_init(straight_run, tmp_path):
+    source, _, _ = straight_run
+    config = tiny_config()
+    config.init.from_checkpoint = "/nonexistent/run"  # not read: the workdir has checkpoints
+    assert int(_init_state(config, source).step) == 6
+
+
+def test_warm_start_errors_are_one_line(straight_run, tmp_path):
+    source, _, _ = straight_run
+    config = tiny_config()
+    for value, message in [
+        (str(tmp_path / "nothing"), "no checkpoint in .*nothing/checkpoints"),
+        (f"{source}:5", r"no checkpoint of step 5 in .* \(steps: 4, 6\)"),
+    ]:
+        config.init.from_checkpoint = value
+        with pytest.raises(
+            loop.InitError, match=f"^config.init.from_checkpoint='{value}': {message}"
+        ):
+            _init_state(config, tmp_path / "w")
+
+
 def test_evaluate_in_chunks_equals_whole_set_mean():
     batch = {"inputs": np.arange(11, dtype=np.float32)[:, None] ** 2}
 
