@@ -294,7 +294,9 @@ def _sleep_now(model, params, spec, state: SessionState, length: int, consolidat
     if length == 0:
         return state
     tokens = state.window_tokens[:, :length]
-    positions = state.position - length + jnp.arange(length, dtype=jnp.int32)
+    # The window's first token sits at position - count: each token keeps its own position
+    # (``sleep`` refuses a length other than count; under jit that is the caller's promise).
+    positions = state.position - state.count + jnp.arange(length, dtype=jnp.int32)
     if consolidate:
         model_state = _sleep_on(model, params, spec, state.window_start, tokens, positions)
     else:
@@ -355,15 +357,26 @@ def sleep(model, params, spec, state: SessionState, *, length=None, consolidate=
     consolidate=True: N passes of ``sleep.consolidate`` over the window from its start state
     (the streaming form of a training sleep window). consolidate=False: no consolidation;
     evict the live state as it is (the transition after a training *wake* window).
-    length: the number of tokens in the window as a Python int; by default read from
-    ``state.count`` (one scalar transfer; pass it when calling under ``jax.jit``). A window
-    of zero tokens is left as it is. Compiled once per (length, consolidate).
+    length: the number of tokens in the window (``state.count``) as a Python int; by
+    default read from ``state.count`` (one scalar transfer; pass it when calling under
+    ``jax.jit``). A length other than the window's token count raises ValueError (a sleep
+    always takes the whole window); under tracing, where the count cannot be read, it must
+    equal it. A window of zero tokens is left as it is. Compiled once per (length,
+    consolidate).
     """
-    if length is None:
-        try:
-            length = int(state.count)
-        except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as err:
+    try:
+        count = int(state.count)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerIntegerConversionError) as err:
+        if length is None:
             raise ValueError("sleep under tracing needs length= (a Python int)") from err
+        count = None
+    if length is None:
+        length = count
+    elif count is not None and length != count:
+        raise ValueError(
+            f"length={length} but the window holds {count} tokens: a sleep consolidates the "
+            "whole window (omit length=)"
+        )
     if not 0 <= length <= spec.window:
         raise ValueError(f"length must be in [0, {spec.window}], got {length}")
     return _sleep_jit(model, params, spec, state, length, bool(consolidate))

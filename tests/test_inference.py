@@ -142,6 +142,11 @@ def test_sleep_on_a_partial_window_is_algorithm1(model, params, batch):
         model, params, spec, inference.init_state(model, spec, 2), batch["inputs"]
     )
     assert int(state.count) == 2
+    # A length other than the window's count would consolidate some of its tokens (at the
+    # wrong positions, before the fix): refused.
+    for wrong in (1, 3):
+        with pytest.raises(ValueError, match=f"^length={wrong} but the window holds 2 tokens"):
+            inference.sleep(model, params, spec, state, length=wrong)
     state = inference.sleep(model, params, spec, state)  # length read from the state
     assert int(state.count) == 0 and int(state.position) == T
     chex.assert_trees_all_close(state.window_start, ref_state, atol=ATOL)
