@@ -15,6 +15,17 @@ The split is an `optax.multi_transform` (a.k.a. `partition`) over these labels:
 Both groups follow the same schedule shape (linear warm-up, then cosine or constant) at their
 own peak learning rate, after global-norm clipping of the raw gradients. Weight decay applies
 to the Muon group only; norms, biases and embeddings are conventionally not decayed.
+
+What `train.lr` means under this scaling: a Muon update of an [in, out] matrix is lr x
+sqrt(max(1, out / in)) x (a near-orthogonal matrix, singular values ~0.7-1.2), so its
+entries have RMS ~ lr / sqrt(in) (lr 2e-3 at width 256: ~1.2e-4 for [256, 256] and [256,
+1024], ~6e-5 for [1024, 256]; measured 0.90-0.96 of lr / sqrt(in)). That is not the lr of
+the "consistent RMS" scaling (`optax.contrib.muon(consistent_rms=0.2)`, Moonshot), whose
+updates have RMS 0.2 x lr: the same step there is lr x 5 / sqrt(in).
+
+`train.adam_lr = 0` is allowed: the AdamW group (embeddings, head, norms, gates, biases,
+convolutions) then stays exactly at its initial (or warm-start) values while Muon trains the
+matrices.
 """
 
 import re

@@ -134,6 +134,27 @@ def test_first_updates_of_each_group():
     assert singular.min() > 0.5 and singular.max() < 1.3, singular
 
 
+def test_adam_lr_zero_freezes_the_non_matrix_parameters():
+    # train.adam_lr=0 is allowed and means: embeddings, head, norms, gates, biases (the AdamW
+    # group) stay exactly as initialised while Muon trains the matrices (README).
+    params = fake_init(jax.random.PRNGKey(0))
+    optimizer = optim.make_optimizer(_train_cfg(adam_lr=0.0, warmup_steps=0))
+    state = optimizer.init(params)
+    start = params
+    for seed in range(3):
+        key = jax.random.PRNGKey(seed)
+        grads = jax.tree.map(lambda x, key=key: jax.random.normal(key, x.shape), params)
+        updates, state = optimizer.update(grads, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    labels = optim.param_labels(params, _train_cfg().adam_patterns)
+    for label, old, new in zip(*map(jax.tree.leaves, (labels, start, params)), strict=True):
+        if label == optim.ADAM:
+            np.testing.assert_array_equal(new, old)
+        else:
+            assert not np.allclose(new, old)
+    assert optim.ADAM in jax.tree.leaves(labels) and optim.MUON in jax.tree.leaves(labels)
+
+
 def test_adamw_optimizer_treats_all_params_alike():
     params = fake_init(jax.random.PRNGKey(0))
     grads = jax.tree.map(lambda x: jax.random.normal(jax.random.PRNGKey(1), x.shape), params)
