@@ -51,6 +51,29 @@ L = 24 (4 sleep windows + 1 wake), width 256, 4 heads, layers attn,gdn,attn,gdn,
 
 "none" grows with N x windows, "window" with N, "pass" only with the (small) per-pass
 inputs; "pass" is the choice for N > 1 whenever memory binds.
+
+Truncated gradients (the paper's suggested remedy for cost, untried there). The forward
+pass, and so the loss and every metric, is unchanged; only what autodiff sees changes:
+
+* ``grad_passes`` = M (0 = all): in each sleep window the features and the looped layers'
+  fast weights after the first N - M passes are constants (``stop_gradient``), so gradients
+  flow through the last M passes only. M = 1 is the fixed-point / phantom-gradient
+  approximation; M >= N is full BPTT. Layers outside ``loop_blocks`` keep their gradient.
+  Consequence: with M < N the state entering a sleep window reaches the loss only through
+  the frozen passes, so under hard eviction the gradient into *earlier* windows passes only
+  through the fast weights of layers outside the loop (none when every block is looped),
+  and the window's embedding, which feeds only the first pass, gets none from sleep.
+* ``grad_windows`` = K (0 = all): the state entering window W - K (of W windows, wake
+  windows counted) is a constant: truncated BPTT over the last K windows. Earlier windows
+  still get gradient from the losses of earlier wake windows, if any. On Rule 110 (4 sleep
+  windows + 1 wake) K = 1 leaves no gradient in any sleep window.
+
+Frozen work is run on ``stop_gradient``-ed inputs (parameters included) rather than cut at
+its outputs: the same values and zero gradient, but autodiff then neither traces tangents
+nor keeps residuals for it, which is where the memory and time are saved. The frozen passes
+are one ``lax.scan`` and the differentiated ones another; the cut window starts a new
+segment. With M = 0 or M >= N and K = 0 or K >= W the traced program is exactly that of
+full BPTT.
 """
 
 from __future__ import annotations
