@@ -466,6 +466,37 @@ class OuroLM(nn.Module):
         return jax.jit(init)(rng)
 
     @nn.nowrap
+    def inserted_paths(self) -> tuple[tuple[str, ...], ...]:
+        """Flax paths of the inserted (Jet) layers: the subtrees a loader initialises with
+        ``init_inserted`` when a checkpoint of the original model lacks them."""
+        return tuple(("model", f"jet_layers_{j}") for j in range(len(self.config.jet_positions)))
+
+    @nn.nowrap
+    def init_inserted(self, rng: jax.Array) -> dict:
+        """Fresh parameters of the inserted layers only, {"model": {"jet_layers_j": ...}}
+        (o_proj zero if jet_identity_init), without initialising the whole model: what
+        ``insert_jet_layers`` and a loader use on a 1.4B checkpoint."""
+        cfg = self.config
+        if not cfg.jet_positions:
+            return {"model": {}}
+        h = jnp.zeros((1, 1, cfg.width), cfg.compute_dtype)
+        positions = jnp.zeros((1,), jnp.int32)
+        layer = JetLayer(cfg)
+        from sleep_lm.model.jet import jet_state
+
+        state = jet_state(cfg.jet_config(), 1, cfg.compute_dtype)
+
+        def init(r):
+            keys = jax.random.split(r, len(cfg.jet_positions))
+            layers = {
+                f"jet_layers_{j}": layer.init(k, h, state, positions)["params"]
+                for j, k in enumerate(keys)
+            }
+            return identity_jet_params(cfg, {"model": layers})
+
+        return jax.jit(init)(rng)
+
+    @nn.nowrap
     def init_state(self, batch: int, cache_len: int | None = None) -> ModelState:
         """Zero state for ``batch`` sequences: an empty KV cache of ``cache_len`` slots
         (default window) per (loop, attention layer), zero Jet state per (loop, Jet layer)."""
@@ -533,6 +564,5 @@ def insert_jet_layers(
         cfg, jet_positions=tuple(positions), jet_identity_init=bool(identity), **jet_fields
     )
     new_model = model.clone(config=new_cfg)
-    fresh = new_model.init_params(rng)
-    merged = {**fresh["model"], **params["model"]}
-    return new_model, {**fresh, **params, "model": merged}
+    fresh = new_model.init_inserted(rng)
+    return new_model, {**params, "model": {**params["model"], **fresh["model"]}}

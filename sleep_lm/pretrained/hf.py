@@ -228,6 +228,7 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
     layout = hf_layout(abstract)
     files = weight_files(path)
     reader = _Reader(files)
+    layout, fresh = _inserted(model, layout, files)
     check_tensors(layout, reader, files, has_lm_head="lm_head" in abstract)
 
     if shardings is not None:
@@ -261,7 +262,31 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
                     reader, name, transposed, index
                 ),
             )
+    for keys, value in fresh.items():
+        flat[keys] = value if shardings is None else jax.device_put(value, shardings[keys])
     return model, _unflatten(flat)
+
+
+def _inserted(model, layout: Mapping, files: Mapping):
+    """Layers a family inserts into a checkpoint that lacks them (Ouro's Jet layers:
+    ``model.inserted_paths()``): each such subtree that has NO tensor in the checkpoint is
+    taken from ``model.init_inserted(key(0))``. Returns (layout left to read, {path: array})."""
+    prefixes = tuple(getattr(model, "inserted_paths", tuple)())
+    absent = [
+        p
+        for p in prefixes
+        if not any(k[: len(p)] == p and n in files for n, (k, _, _) in layout.items())
+    ]
+    if not absent:
+        return layout, {}
+    init = model.init_inserted(jax.random.key(0))
+    fresh = {
+        _path_keys(p): leaf
+        for p, leaf in jax.tree_util.tree_flatten_with_path(init)[0]
+        if any(_path_keys(p)[: len(a)] == a for a in absent)
+    }
+    left = {n: v for n, v in layout.items() if v[0] not in fresh}
+    return left, fresh
 
 
 def _unflatten(flat: Mapping[tuple[str, ...], jax.Array]) -> dict:

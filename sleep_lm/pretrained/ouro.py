@@ -11,7 +11,12 @@ rule), ``sleep_loops`` ("all" | "last", see sleep_lm/model/ouro.py), ``total_ut_
 (run fewer or more loops than the checkpoint's: exiting at loop k is total_ut_steps=k + 1)
 and ``jet_identity_init``.
 
-Inserted Jet layers (``sleep_lm.model.ouro.insert_jet_layers``) are exported as tensors
+Inserting Jet layers: after loading, ``sleep_lm.model.ouro.insert_jet_layers(model, params,
+rng)``; or at load with the options ``jet_positions`` (a list of insertion points, or a
+count for ``even_jet_positions``) and ``jet_*`` shape options: the model then has
+parameters the checkpoint lacks, ``model.inserted_paths()``, which a loader takes from
+``model.init_inserted(rng)`` (identity at init by default). Inserted Jet layers are
+exported as tensors
 ``model.jet_layers.{j}.input_layernorm.weight`` and ``model.jet_layers.{j}.self_attn.*``
 (the JetBlock's Jet-Nemotron names) with two config.json fields: ``jet_positions`` (the
 original layer each is inserted before) and ``jet_config`` ({heads, key_head_dim,
@@ -27,7 +32,7 @@ from __future__ import annotations
 
 import json
 
-from sleep_lm.model.ouro import OuroConfig, OuroLM
+from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions
 from sleep_lm.pretrained import registry
 
 # config.json keys this family models (the rest is kept verbatim in OuroConfig.hf_extra).
@@ -57,6 +62,7 @@ _JET_KEYS = (
     "generator_reduction",
     "norm_eps",
 )
+_JET_SHAPE = tuple(f"jet_{k}" for k in _JET_KEYS)
 OPTIONS = (
     "dtype",
     "gdn_impl",
@@ -65,6 +71,8 @@ OPTIONS = (
     "sleep_loops",
     "total_ut_steps",
     "jet_identity_init",
+    "jet_positions",
+    *_JET_SHAPE,
 )
 
 
@@ -132,6 +140,18 @@ def config_from_hf(hf: dict, **options) -> OuroConfig:
         hf_extra=json.dumps(extra, sort_keys=True) if extra else "",
         **jet,
     )
+    insert = options.pop("jet_positions", None)
+    if insert is not None:
+        if jet:
+            raise ValueError(
+                f"load option jet_positions: the checkpoint already has Jet layers at "
+                f"{list(jet['jet_positions'])}"
+            )
+        if isinstance(insert, int) and not isinstance(insert, bool):
+            insert = even_jet_positions(fields["num_layers"], insert)
+        fields["jet_positions"] = tuple(insert)
+    elif jet and any(k in options for k in _JET_SHAPE):
+        raise ValueError("load options jet_*: the checkpoint's Jet layers have their shape")
     fields.update(options)
     return OuroConfig(**fields)
 

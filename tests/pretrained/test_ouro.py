@@ -6,6 +6,7 @@ safetensors."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 
@@ -33,10 +34,15 @@ def loaded():
     return hf.load_hf(FIXTURE, window=16)
 
 
+@functools.cache
+def _apply(model):
+    return jax.jit(model.apply)  # one compilation per model across the tests
+
+
 def _forward(model, params, tokens):
     positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
     state = model.init_state(tokens.shape[0])
-    return jax.jit(model.apply)({"params": params}, tokens, positions, state)[0]
+    return _apply(model)({"params": params}, tokens, positions, state)[0]
 
 
 def _rel(a, b):
@@ -91,26 +97,51 @@ def with_jets(loaded):
     return insert_jet_layers(model, params, jax.random.key(1), count=2, identity=False, **TINY_JET)
 
 
-def test_jet_insertion_identity_at_init(loaded, expected):
+def test_jet_insertion_identity_at_init(loaded, with_jets, expected):
     model, params = loaded
     tokens = jnp.asarray(expected["tokens"])
-    new_model, new_params = insert_jet_layers(model, params, jax.random.key(0), **TINY_JET)
-    assert new_model.config.jet_positions == even_jet_positions(2, 6) == (0, 0, 0, 1, 1, 1)
-    assert len(new_model.config.layers) == 3 * 8
+    # the paper's default: 6 layers, evenly spaced (here over 2 layers: 3 before each)
+    assert even_jet_positions(24, 6) == (2, 6, 10, 14, 18, 22)
+    assert even_jet_positions(2, 6) == (0, 0, 0, 1, 1, 1)
+    new_model, new_params = insert_jet_layers(model, params, jax.random.key(0), count=2, **TINY_JET)
+    assert new_model.config.jet_positions == (0, 1)
+    assert len(new_model.config.layers) == 3 * 4
     # the loaded tensors are untouched, the new layers are there
     same = jax.tree.map(
-        np.array_equal, params["model"]["layers_0"], new_params["model"]["layers_0"]
+        np.array_equal,
+        params,
+        {
+            **new_params,
+            "model": {k: v for k, v in new_params["model"].items() if k in params["model"]},
+        },
     )
     assert all(jax.tree.leaves(same))
-    assert set(new_params["model"]) - set(params["model"]) == {f"jet_layers_{j}" for j in range(6)}
+    assert set(new_params["model"]) - set(params["model"]) == {"jet_layers_0", "jet_layers_1"}
     np.testing.assert_array_equal(
         _forward(new_model, new_params, tokens), _forward(model, params, tokens)
     )
-    # without the identity init the layers change the logits
-    other, other_params = insert_jet_layers(
-        model, params, jax.random.key(0), count=1, identity=False, **TINY_JET
-    )
-    assert _rel(_forward(other, other_params, tokens), expected["logits"]) > 1e-3
+    # without the identity init (with_jets: same shape, o_proj random) the logits change
+    assert _rel(_forward(*with_jets, tokens), expected["logits"]) > 1e-3
+
+
+def test_jet_insertion_at_load(loaded, expected):
+    """load_hf(..., jet_positions=n): the checkpoint lacks the new layers; they are fresh."""
+    model, params = hf.load_hf(FIXTURE, window=16, jet_positions=2, **TINY_JET)
+    assert model.config.jet_positions == (0, 1)
+    assert set(params["model"]) - set(loaded[1]["model"]) == {"jet_layers_0", "jet_layers_1"}
+    o_proj = params["model"]["jet_layers_1"]["self_attn"]["o_proj"]["kernel"]
+    assert o_proj.shape == (2 * 16, 32) and not np.any(o_proj)
+    tokens = jnp.asarray(expected["tokens"])
+    np.testing.assert_array_equal(_forward(model, params, tokens), _forward(*loaded, tokens))
+    with pytest.raises(ValueError, match="load option jet_positions"):
+        ouro_family.config_from_hf(
+            {
+                **json.loads((FIXTURE / "config.json").read_text()),
+                "jet_positions": [1],
+                "jet_config": {k: 1 for k in ouro_family._JET_KEYS},
+            },
+            jet_positions=2,
+        )
 
 
 def test_export_load_exact(with_jets, expected, tmp_path):
