@@ -38,7 +38,8 @@ exactly as an Ouro loop starts from the previous loop's; the fast weights of eac
 from the window start. ``OuroConfig.sleep_loops`` names this choice: "all" (the default,
 just described) or "last" (the sleep passes loop only the last Ouro loop: loops
 0..total_ut_steps-2 run once, then the last loop N times); ``OuroLM.sleep_loop_blocks``
-is the ``sleep.loop_blocks`` value that selects it. With N = 1 both equal the plain
+is the ``sleep.loop_blocks`` value that selects it, and the trainer (train/loop.py) uses it
+when ``sleep.loop_blocks`` is "all" (its default). With N = 1 both equal the plain
 forward.
 
 Inserted Jet layers (the paper adds 6 to Ouro-1.4B): ``jet_positions`` lists, for each

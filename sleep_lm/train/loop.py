@@ -117,6 +117,10 @@ def build_components(config: config_dict.ConfigDict) -> Components:
         task.check_window(config.sleep.window)
     schedule = sleep.window_schedule(probe["loss_mask"][0], config.sleep.window)
     spec = sleep.SleepSpec.from_config(config.sleep, schedule)
+    # sleep.loop_blocks=all lets a family choose what a pass loops (Ouro's sleep_loops).
+    family_loop = getattr(model, "sleep_loop_blocks", "all")
+    if spec.loop_blocks == (None, None) and family_loop != "all":
+        spec = spec._replace(loop_blocks=sleep.parse_loop_blocks(family_loop))
 
     def loss_fn(params, batch):
         return sleep.sequence_loss(model, params, batch, spec)

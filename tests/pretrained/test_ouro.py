@@ -219,3 +219,20 @@ def test_full_size_parameter_count():
     per_jet = _count(jet_shapes["model"]["jet_layers_0"])
     assert _count(jet_shapes) == 1_434_652_673 + 6 * per_jet
     assert len(dataclasses.replace(jets.config, total_ut_steps=4).layers) == 4 * 30
+
+
+def test_trainer_components_use_sleep_loops_and_jets():
+    """config.model.family=ouro + init.from_hf: hf_options insert Jet layers at load and
+    sleep_loops="last" makes sleep.loop_blocks=all loop the last Ouro loop only."""
+    from sleep_lm import config as config_lib
+    from sleep_lm.train import loop
+
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    config = config_lib.load_config(f"{repo / 'experiments/rule110.py'}:smoke")
+    config.model.family = "ouro"
+    config.init.from_hf = str(FIXTURE)
+    config.model.hf_options = {"sleep_loops": "last", "jet_positions": 2, **TINY_JET}
+    config_lib.validate(config)
+    components = loop.build_components(config)
+    assert components.model.config.jet_positions == (0, 1)
+    assert components.spec.loop_blocks == (8, None)  # loop 2 of 3, 4 units per loop
