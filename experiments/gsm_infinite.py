@@ -84,8 +84,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.optimizer = "muon"
     config.train.lr = 1e-2
     config.train.adam_lr = 3e-3
+    # As in rule110.py: gates (o_gate_proj, Jet g_proj, Ouro early_exit_gate) to AdamW, but
+    # a pretrained SwiGLU MLP's gate_proj is a weight matrix (Muon).
     config.train.adam_patterns = (
-        "embed,lm_head,norm,bias,conv,gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/"
+        "embed,lm_head,norm,bias,conv,o_gate,exit_gate,a_log,dt_bias,(^|/)a_proj/,(^|/)b_proj/,"
+        "(^|/)g_proj/"
     )
     config.train.schedule = "cosine"
     config.train.warmup_steps = 30
