@@ -15,7 +15,9 @@ sleep_lm.main) or a directory whose immediate subdirectories are runs (a sweep r
   them, else the task's own difficulty field (task.steps, the Rule 110 depth t) when it
   differs between runs;
 - OUT/curves_accuracy.png, OUT/curves_loss.png: eval accuracy / loss against training tokens,
-  one line per N, one panel per difficulty.
+  one line per N, one panel per difficulty;
+- OUT/curves_accuracy_by_difficulty.png (two or more difficulties): the same accuracy curves
+  in one panel, one colour per difficulty (the paper's Fig. 2a).
 
 Chance level: the report.md gives, and every plot draws as a dashed line, the level a model
 reaches without learning the task, per difficulty (`chance_level`): Rule 110 at depth t from
@@ -565,6 +567,60 @@ def plot_curves(runs: list[Run], metric: str, path: Path) -> bool:
     return True
 
 
+def plot_by_difficulty(runs: list[Run], metric: str, path: Path) -> bool:
+    """Eval `metric` against training tokens in one panel, one colour per difficulty (the
+    paper's Fig. 2a: deeper t learns slower), one line style per N and other varying fields;
+    mean over seeds, each difficulty's chance level dashed in its colour. False (and no
+    file) unless there are at least two difficulties."""
+    found = [d for d in difficulties(runs, metric) if _has(runs, [d], metric)]
+    if len(found) < 2:
+        return False
+    plt = _plt()
+    group = _group_fields(runs, found)
+    tokens = all(run.tokens_per_step is not None for run in runs)
+    lines = sorted(
+        {(run.passes, _label(run, group)) for run in runs}, key=lambda k: (k[1], k[0] or 0)
+    )
+    styles = ["-", "--", ":", "-."]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, difficulty in enumerate(found):
+        color = f"C{i % 10}"
+        selected = _runs_for(runs, difficulty)
+        key = f"eval/{metric}{difficulty.suffix}"
+        for j, line in enumerate(lines):
+            by_step: dict[int, list] = {}
+            for run in selected:
+                if (run.passes, _label(run, group)) != line:
+                    continue
+                for record in run.evals:
+                    if key in record:
+                        x = record["step"] * run.tokens_per_step if tokens else record["step"]
+                        by_step.setdefault(x, []).append(record[key])
+            if not by_step:
+                continue
+            xs = sorted(by_step)
+            parts = [difficulty.label, *(p for p in (f"N={line[0]}", line[1]) if len(lines) > 1)]
+            ax.plot(
+                xs,
+                [spread(by_step[x])[0] for x in xs],
+                marker=".",
+                color=color,
+                linestyle=styles[j % len(styles)],
+                label=", ".join(p for p in parts if p),
+            )
+        level = _chance_for(selected, metric, difficulty)
+        if level is not None:
+            ax.axhline(level, color=color, linestyle=(0, (2, 3)), linewidth=1, alpha=0.7)
+    ax.set_xlabel("training tokens" if tokens else "step")
+    ax.set_ylabel(f"eval {metric.replace('_', ' ')} (dotted: chance)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_report(paths, out: str | Path) -> Path:
     """Writes OUT/report.md and the plots; returns the report's path.
 
@@ -618,6 +674,9 @@ def write_report(paths, out: str | Path) -> Path:
         name = f"curves_{metric}.png"
         if plot_curves(runs, metric, out / name):
             plots.append((f"Eval {metric} against training tokens", name))
+    if plot_by_difficulty(runs, "accuracy", out / "curves_accuracy_by_difficulty.png"):
+        title = "Eval accuracy against training tokens, all difficulties"
+        plots.append((title, "curves_accuracy_by_difficulty.png"))
     parts += ["## Plots", ""]
     for title, name in plots:
         parts += [f"{title}:", "", f"![{title}]({name})", ""]

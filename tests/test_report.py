@@ -230,8 +230,10 @@ def test_seeds_are_aggregated_and_chance_is_drawn(tmp_path, monkeypatch):
         t1["loss"],
         t2["loss"],
     ]
-    for name in ("accuracy_vs_passes.png", "curves_accuracy.png", "curves_loss.png"):
+    names = ["accuracy_vs_passes.png", "curves_accuracy.png", "curves_loss.png"]
+    for name in names + ["curves_accuracy_by_difficulty.png"]:
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
+        assert f"]({name})" in text
     # Seed lines averaged: the per-run table keeps every run (seed column), the plots do not
     # split lines by seed.
     loaded = [report.load_run(p) for p in report.find_runs([tmp_path / "root"])]
