@@ -408,9 +408,42 @@ class OuroLM(nn.Module):
     def blocks(
         self, h: jax.Array, state: ModelState, positions: jax.Array, start: int, stop: int
     ) -> tuple[jax.Array, ModelState]:
-        """Runs units start..stop-1 (Python ints) once; other units' states pass through."""
+        """Runs units start..stop-1 (Python ints) once; other units' states pass through.
+
+        Two or more complete loops inside the range run as one ``nn.scan`` over loops (the
+        parameters are shared, the loops' states stacked), so the program holds one copy of
+        the stack instead of one per loop: compile time does not grow with total_ut_steps.
+        """
         layers = list(state.layers)
-        for u in range(start, stop):
+        size = len(self.config.stack)
+        first, last = -(-start // size), stop // size  # the complete loops [first, last)
+        if last - first < 2 or self.is_initializing():
+            first = last = start // size  # unrolled (init creates the parameters)
+        ranges = (range(start, min(stop, first * size)), range(max(start, last * size), stop))
+        for u in ranges[0]:
+            h, layers[u] = self.model.unit(u, h, layers[u], positions)
+        if last > first:
+            per_loop = [tuple(layers[i * size : (i + 1) * size]) for i in range(first, last)]
+            stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_loop)
+
+            def one_loop(mdl, h, loop_states):
+                new = []
+                for i, layer_state in enumerate(loop_states):
+                    h, layer_state = mdl.model.unit(i, h, layer_state, positions)
+                    new.append(layer_state)
+                return h, tuple(new)
+
+            scan = nn.scan(
+                one_loop,
+                variable_broadcast="params",
+                split_rngs={"params": False},
+                length=last - first,
+            )
+            h, stacked = scan(self, h, stacked)
+            for n, i in enumerate(range(first, last)):
+                loop_states = jax.tree.map(lambda x, n=n: x[n], stacked)
+                layers[i * size : (i + 1) * size] = list(loop_states)
+        for u in ranges[1]:
             h, layers[u] = self.model.unit(u, h, layers[u], positions)
         return h, ModelState(layers=tuple(layers))
 

@@ -236,3 +236,28 @@ def test_trainer_components_use_sleep_loops_and_jets():
     components = loop.build_components(config)
     assert components.model.config.jet_positions == (0, 1)
     assert components.spec.loop_blocks == (8, None)  # loop 2 of 3, 4 units per loop
+
+
+def test_blocks_split_anywhere_equals_whole(loaded, expected):
+    """blocks() scans complete loops and unrolls the rest: any split gives the same."""
+    model, params = loaded
+    tokens = jnp.asarray(expected["tokens"][:1, :6])
+    positions = jnp.arange(6)
+
+    def run(cuts):
+        h = model.apply({"params": params}, tokens, positions, method=model.embed)
+        state = model.init_state(1)
+        for start, stop in zip(cuts[:-1], cuts[1:], strict=True):
+            h, state = model.apply(
+                {"params": params}, h, state, positions, start, stop, method=model.blocks
+            )
+        return h, state
+
+    whole = run((0, 6))
+    for cuts in ((0, 1, 6), (0, 1, 2, 3, 4, 5, 6), (0, 3, 6)):
+        np.testing.assert_allclose(run(cuts)[0], whole[0], atol=1e-5, rtol=1e-5)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+            run(cuts)[1],
+            whole[1],
+        )
