@@ -320,9 +320,9 @@ def test_config_validation_checks_the_window():
     from sleep_lm import config as config_lib
 
     config = config_lib.load_config(f"{REPO / 'experiments/gsm_infinite.py'}:scratch")
-    assert config_lib.validate(config, num_devices=1).seq_len == 512
-    config.sleep.window = 85  # 512 = 6 x 85 + 2
-    with pytest.raises(config_lib.ConfigError, match="^config.sleep.window=85: the last window"):
+    assert config_lib.validate(config, num_devices=1).seq_len == 384
+    config.sleep.window = 95  # 384 = 4 x 95 + 4
+    with pytest.raises(config_lib.ConfigError, match="^config.sleep.window=95: the last window"):
         config_lib.validate(config)
 
 
