@@ -64,8 +64,9 @@ def parse_setting(text: str) -> tuple[int, int]:
     return values["M"], values["K"]
 
 
-def step_cost(config_arg: str, grad_passes: int, grad_windows: int, args) -> dict:
-    """Compile and time the trainer's step at one setting (measurement 1)."""
+def compile_step(config_arg: str, grad_passes: int, grad_windows: int) -> tuple[dict, object]:
+    """The trainer's step at one setting, compiled: (row with compile time and memory, a
+    function running one step and returning its metrics) (measurement 1)."""
     config = load_config(ROOT / config_arg)
     config.sleep.grad_passes = grad_passes
     config.sleep.grad_windows = grad_windows
@@ -83,31 +84,48 @@ def step_cost(config_arg: str, grad_passes: int, grad_windows: int, args) -> dic
         return sleep.sequence_loss(model, params, batch, spec)
 
     step = jax.jit(loop.make_train_step(loss_fn, optimizer), donate_argnums=0)
-    state = TrainState.create(model.init_params(jax.random.key(config.seed)), optimizer)
-    load = machine.load_average()
+    holder = [TrainState.create(model.init_params(jax.random.key(config.seed)), optimizer), 0]
     t0 = time.perf_counter()
-    compiled = step.lower(state, batches[0]).compile()
-    row = dict(compile_s=time.perf_counter() - t0, program_bytes=machine.compiled_bytes(compiled))
+    compiled = step.lower(holder[0], batches[0]).compile()
+    row = dict(
+        compile_s=time.perf_counter() - t0,
+        program_bytes=machine.compiled_bytes(compiled),
+        batch=config.train.batch_size,
+    )
     try:
         row["temp_bytes"] = int(compiled.memory_analysis().temp_size_in_bytes)
     except Exception:  # noqa: BLE001 -- not every backend reports it
         row["temp_bytes"] = None
-    times = []
-    for i in range(args.warmup + args.repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batches[i % 2])
-        jax.block_until_ready(metrics)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    row.update(
-        step_ms=statistics.median(times) * 1e3,
-        step_min_ms=min(times) * 1e3,
-        load_before=load,
-        load_after=machine.load_average(),
-        batch=config.train.batch_size,
-    )
-    del state, compiled
-    return row
+
+    def run():
+        holder[0], metrics = compiled(holder[0], batches[holder[1] % 2])
+        holder[1] += 1
+        return jax.block_until_ready(metrics)
+
+    return row, run
+
+
+def time_steps(rows, runs, args) -> None:
+    """Step times, the settings interleaved step by step, so that the machine's varying load
+    falls on every setting alike: median and minimum of `--repeats` per setting."""
+    for run in runs:
+        for _ in range(args.warmup):
+            run()
+    times = [[] for _ in runs]
+    loads = []
+    for _ in range(args.repeats):
+        loads.append(machine.load_average())
+        for run, out in zip(runs, times, strict=True):
+            t0 = time.perf_counter()
+            run()
+            out.append(time.perf_counter() - t0)
+    for row, out in zip(rows, times, strict=True):
+        row.update(
+            step_ms=statistics.median(out) * 1e3,
+            step_min_ms=min(out) * 1e3,
+            load_min=min(loads),
+            load_max=max(loads),
+        )
 
 
 def train_run(config_arg: str, grad_passes: int, grad_windows: int, args, workdir: Path) -> dict:
@@ -171,18 +189,20 @@ def main(argv=None) -> int:
         f"{args.train_steps} steps",
         flush=True,
     )
-    rows = []
+    rows, runs = [], []
     for name, m, k in settings:
-        row = dict(setting=name, grad_passes=m, grad_windows=k)
-        row.update(step_cost(args.config, m, k, args))
-        rows.append(row)
-        if args.out:
-            machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
+        row, run = compile_step(args.config, m, k)
+        rows.append(dict(setting=name, grad_passes=m, grad_windows=k, **row))
+        runs.append(run)
         print(
-            f"  {name}: step {row['step_ms']:.0f} ms (min {row['step_min_ms']:.0f}), program "
-            f"{row['program_bytes'] / 2**20:.1f} MiB, load {row['load_before']}",
+            f"  {name}: compiled in {row['compile_s']:.0f} s, program "
+            f"{row['program_bytes'] / 2**20:.1f} MiB",
             flush=True,
         )
+    time_steps(rows, runs, args)
+    del runs
+    if args.out:
+        machine.write_json(args.out, dict(meta=meta, rows=rows, complete=False))
     if not args.no_train:
         root = Path(args.workdir or tempfile.mkdtemp(prefix="truncation_"))
         for row in rows:
@@ -196,14 +216,14 @@ def main(argv=None) -> int:
 
     mib = lambda x: "-" if x is None else f"{x / 2**20:.1f}"
     print(
-        f"\n{'setting':>9} {'M':>2} {'K':>2} {'step ms':>8} {'min ms':>7} {'load':>5} "
+        f"\n{'setting':>9} {'M':>2} {'K':>2} {'step ms':>8} {'min ms':>7} "
         f"{'program MiB':>11} {'temp MiB':>9} {'compile s':>9} {'token acc':>9} {'exact acc':>9}"
     )
     for row in rows:
         acc = lambda key, row=row: "-" if key not in row else f"{row[key]:.3f}"
         print(
             f"{row['setting']:>9} {row['grad_passes']:>2} {row['grad_windows']:>2} "
-            f"{row['step_ms']:>8.0f} {row['step_min_ms']:>7.0f} {row['load_before']:>5} "
+            f"{row['step_ms']:>8.0f} {row['step_min_ms']:>7.0f} "
             f"{mib(row['program_bytes']):>11} {mib(row['temp_bytes']):>9} "
             f"{row['compile_s']:>9.1f} {acc('token_accuracy'):>9} {acc('accuracy'):>9}"
         )
@@ -214,7 +234,8 @@ def main(argv=None) -> int:
             print(f"{row['setting']:>9}  {curve or row.get('error', '-')}")
     print(
         "\nprogram MiB: XLA buffer assignment of the jitted step (arguments + outputs - donated "
-        "+ temporaries); temp: temporaries alone. load: 1-minute load average before timing."
+        "+ temporaries); temp: temporaries alone. Step times interleaved across settings; 1-minute "
+        f"load average during timing {rows[0]['load_min']}-{rows[0]['load_max']}."
     )
     if args.out:
         machine.write_json(args.out, dict(meta=meta, rows=rows, complete=True))
