@@ -28,7 +28,23 @@ Design decisions (the paper leaves them open):
 * The schedule is static: ``window_schedule`` computes it once on the host from the task's
   loss mask (it is True where *any* example has a loss position), so the window structure
   is fixed under jit. Runs of consecutive windows of the same kind and length are one
-  ``lax.scan`` each, so compile time does not grow with the number of windows.
+  ``lax.scan`` each, so compile time does not grow with the number of windows. A batch whose
+  loss positions fall in a sleep window would have them silently unscored, so
+  ``check_schedule`` refuses it on the host (one-line ValueError): the trainer calls it on
+  every batch before the step, ``sequence_loss`` on a concrete (not traced) batch.
+
+Variable-length examples (inert padding). ``batch["valid"]`` [batch, time] bool (absent: all
+real; then the traced program is exactly the one without padding support) marks real
+tokens; examples shorter than the sequence are LEFT-padded, so the answer stays in the last
+window. Padded tokens are inert in every layer (model/attention.py, fast_weight.py, jet.py):
+no fast-weight write or decay, no conv input, never attended to (in the window or later from
+a KV cache). With learned positions each token's position-table entry is the number of real
+tokens before it in its example (``embed_positions``), so a padded example embeds its tokens
+as the unpadded one does; RoPE and attention masks keep global positions (RoPE is relative,
+the masks count real keys only). Padding by a whole number of windows then reproduces the
+unpadded example exactly (tests/test_padding.py); padding by a partial window shifts where
+the window boundaries fall in the content, which changes what each window holds (as it
+would for any other shift of the text).
 
 Activation rematerialisation (``remat``), so that memory need not grow with N x windows:
 
@@ -201,6 +217,41 @@ def window_schedule(loss_mask, window: int) -> tuple[bool, ...]:
     return tuple(bool(mask[:, s : s + n].any()) for s, n in window_bounds(mask.shape[1], window))
 
 
+def check_schedule(loss_mask, spec: SleepSpec) -> None:
+    """Host-side: ValueError (one line) if any loss position lies in a sleep window.
+
+    loss_mask: [batch, time] or [time] bool NumPy array (the batch about to be scored).
+    The schedule is static (``window_schedule`` from one example), so a loss position in a
+    window it marks as sleep would be silently unscored; this refuses the batch instead.
+    """
+    mask = np.asarray(loss_mask, dtype=bool)
+    if mask.ndim == 1:
+        mask = mask[None]
+    bounds = window_bounds(mask.shape[1], spec.window)
+    if len(bounds) != len(spec.schedule):
+        raise ValueError(
+            f"loss_mask: {mask.shape[1]} positions make {len(bounds)} windows of "
+            f"{spec.window}; the sleep schedule has {len(spec.schedule)}"
+        )
+    for w, ((begin, length), wake_window) in enumerate(zip(bounds, spec.schedule, strict=True)):
+        if wake_window or not mask[:, begin : begin + length].any():
+            continue
+        row, col = np.argwhere(mask[:, begin : begin + length])[0]
+        raise ValueError(
+            f"loss_mask: example {row} has a loss position at {begin + col}, in window {w} "
+            f"(positions {begin}-{begin + length - 1}), which the static schedule sleeps on "
+            "(computed from one example); it would not be scored"
+        )
+
+
+def embed_positions(valid: jax.Array) -> jax.Array:
+    """[batch, time] int32 position-table index of each token of a padded batch: the number
+    of real tokens before it in its example (0, 1, 2, ... on the real tokens, whatever the
+    padding in front; a padded token's index is never read by a real token)."""
+    valid = valid.astype(jnp.int32)
+    return jnp.cumsum(valid, axis=1) - valid
+
+
 def evict(state: ModelState, eviction: str) -> ModelState:
     """End of a window: "hard" clears KV caches and conv tails, "sliding" keeps them.
 
@@ -237,10 +288,14 @@ def _embed(model, params, tokens, positions):
     return model.apply({"params": params}, tokens, positions, method="embed")
 
 
-def _blocks(model, params, h, state, positions, start, stop):
+def _blocks(model, params, h, state, positions, start, stop, valid=None):
     if start == stop:
         return h, state
-    return model.apply({"params": params}, h, state, positions, start, stop, method="blocks")
+    if valid is None:  # no padding: the model's call (and program) as without padding support
+        return model.apply({"params": params}, h, state, positions, start, stop, method="blocks")
+    return model.apply(
+        {"params": params}, h, state, positions, start, stop, valid=valid, method="blocks"
+    )
 
 
 def _head(model, params, h):
@@ -267,6 +322,8 @@ def consolidate(
     loop_blocks=(None, None),
     remat: str = "none",
     grad_passes: int = 0,
+    valid: jax.Array | None = None,
+    embed_pos: jax.Array | None = None,
 ) -> ModelState:
     """Sleep on one window: N passes of the looped blocks; returns the new state.
 
@@ -281,18 +338,22 @@ def consolidate(
     ``grad_passes`` = M with 0 < M < N: the features and the looped layers' fast weights
     after the first N - M passes are constants to autodiff (``stop_gradient``); the values
     are unchanged. 0 or M >= N: gradients through every pass.
+
+    ``valid`` [batch, time] bool marks real tokens (None: all; padded ones are inert, see the
+    module docstring) and ``embed_pos`` [batch, time] their position-table indices
+    (``embed_positions`` of the whole sequence, sliced; None: ``positions``).
     """
     num_layers = len(model.config.layers)
     start, stop = resolve_loop_blocks(loop_blocks, num_layers)
-    h = _embed(model, params, window_tokens, positions)
-    h, state = _blocks(model, params, h, state, positions, 0, start)
+    h = _embed(model, params, window_tokens, positions if embed_pos is None else embed_pos)
+    h, state = _blocks(model, params, h, state, positions, 0, start, valid)
     at_window_start = state
 
     def run_passes(params, h, state, at_window_start, count, remat):
         def one_pass(carry, _):
             h, st = carry
             st = state_lib.restart_local(st, at_window_start, start, stop)
-            return _blocks(model, params, h, st, positions, start, stop), None
+            return _blocks(model, params, h, st, positions, start, stop, valid), None
 
         return _scan(one_pass, (h, state), None, count, remat=remat)[0]
 
@@ -309,26 +370,46 @@ def consolidate(
         # after the loop keep their (differentiable) state.
         state = _frozen_layers(state, done, start, stop)
     h, state = run_passes(params, h, state, at_window_start, passes - frozen, remat == "pass")
-    _, state = _blocks(model, params, h, state, positions, stop, num_layers)
+    _, state = _blocks(model, params, h, state, positions, stop, num_layers, valid)
     return state
 
 
 def wake(
-    model, params, tokens: jax.Array, positions: jax.Array, state: ModelState, *, remat="none"
+    model,
+    params,
+    tokens: jax.Array,
+    positions: jax.Array,
+    state: ModelState,
+    *,
+    remat="none",
+    valid: jax.Array | None = None,
+    embed_pos: jax.Array | None = None,
 ) -> tuple[jax.Array, ModelState]:
     """One ordinary forward pass: (logits [batch, time, vocab] float32, new state).
 
-    ``remat="pass"`` checkpoints the pass. The caller evicts at the window end.
+    ``remat="pass"`` checkpoints the pass. The caller evicts at the window end. ``valid``
+    and ``embed_pos`` as for ``consolidate`` (logits at padded tokens are meaningless).
     """
+    if valid is None and embed_pos is None:
 
-    def run(params, tokens, positions, state):
-        h = _embed(model, params, tokens, positions)
-        h, state = _blocks(model, params, h, state, positions, 0, len(model.config.layers))
+        def run(params, tokens, positions, state):
+            h = _embed(model, params, tokens, positions)
+            h, state = _blocks(model, params, h, state, positions, 0, len(model.config.layers))
+            return _head(model, params, h), state
+
+        if remat == "pass":
+            run = jax.checkpoint(run)
+        return run(params, tokens, positions, state)
+
+    def run_padded(params, tokens, positions, state, valid, embed_pos):
+        h = _embed(model, params, tokens, positions if embed_pos is None else embed_pos)
+        layers = len(model.config.layers)
+        h, state = _blocks(model, params, h, state, positions, 0, layers, valid)
         return _head(model, params, h), state
 
     if remat == "pass":
-        run = jax.checkpoint(run)
-    return run(params, tokens, positions, state)
+        run_padded = jax.checkpoint(run_padded)
+    return run_padded(params, tokens, positions, state, valid, embed_pos)
 
 
 # ---------------------------------------------------------------------- Algorithm 1
@@ -349,13 +430,16 @@ def _segments(bounds, schedule, cut: int = 0):
     return [tuple(s) for s in segments]
 
 
-def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), state=None):
+def run_sequence(
+    model, params, tokens, spec: SleepSpec, readout, extras=(), state=None, valid=None
+):
     """Algorithm 1's window loop over tokens [batch, time].
 
     ``readout(logits, *extras_window)`` maps a wake window's logits (and the matching
     [batch, window, ...] slices of each array in ``extras``) to a pytree. Returns
     (list of (first_window, count, readouts stacked [count, ...]), final state). ``state``
     defaults to zeros with KV caches of L slots under sliding eviction, none under hard.
+    ``valid`` [batch, time] bool: real tokens (None: all; see "Variable-length examples").
     """
     batch, seq_len = tokens.shape
     bounds = window_bounds(seq_len, spec.window)
@@ -372,8 +456,17 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
     # Truncated BPTT: the state entering window `cut` is a constant to autodiff.
     cut = num_windows - spec.grad_windows if 0 < spec.grad_windows < num_windows else 0
 
+    padded = valid is not None
+    if padded:
+        valid = jnp.asarray(valid).astype(bool)
+        epos = embed_positions(valid)
+
+    def padding(xs):
+        # (tokens, positions, [valid, embed positions,] extras...) -> the padding kwargs.
+        return dict(valid=xs[2], embed_pos=xs[3]) if padded else {}
+
     def sleep_step(state, xs, params=params, grad_passes=spec.grad_passes):
-        tok, pos = xs
+        tok, pos = xs[:2]
         state = consolidate(
             model,
             params,
@@ -384,6 +477,7 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
             loop_blocks=spec.loop_blocks,
             remat=pass_remat,
             grad_passes=grad_passes,
+            **padding(xs),
         )
         return evict(state, spec.eviction), None
 
@@ -397,7 +491,9 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
 
     def wake_step(state, xs):
         tok, pos, *ext = xs
-        logits, state = wake(model, params, tok, pos, state, remat=pass_remat)
+        kwargs = padding(xs)
+        ext = ext[2:] if padded else ext
+        logits, state = wake(model, params, tok, pos, state, remat=pass_remat, **kwargs)
         return evict(state, spec.eviction), readout(logits, *ext)
 
     outputs = []
@@ -413,15 +509,14 @@ def run_sequence(model, params, tokens, spec: SleepSpec, readout, extras=(), sta
             return jnp.swapaxes(x, 0, 1)
 
         pos = jnp.arange(begin, end, dtype=jnp.int32).reshape(count, length)
+        xs = (stack(tokens), pos, *((stack(valid), stack(epos)) if padded else ()))
         if is_wake:
-            xs = (stack(tokens), pos, *(stack(e) for e in extras))
+            xs = (*xs, *(stack(e) for e in extras))
             state, out = _scan(wake_step, state, xs, count, remat=window_remat)
             outputs.append((first, count, out))
         elif first < cut and not any(spec.schedule[first:cut]):
-            xs = (stack(tokens), pos)
             state, _ = _scan(frozen_sleep_step, state, xs, count)
         else:
-            xs = (stack(tokens), pos)
             state, _ = _scan(sleep_step, state, xs, count, remat=window_remat)
     return outputs, state
 
@@ -442,16 +537,24 @@ def sequence_loss(model, params, batch: dict, spec: SleepSpec) -> tuple[jax.Arra
     """Algorithm 1 over a batch; gradients flow through all windows and all passes (or the
     last ``spec.grad_windows`` windows and ``spec.grad_passes`` passes: truncated).
 
-    batch: ``inputs``, ``targets`` int [batch, time], ``loss_mask`` bool [batch, time].
+    batch: ``inputs``, ``targets`` int [batch, time], ``loss_mask`` bool [batch, time] and
+    optionally ``valid`` bool [batch, time] (real tokens; padding is inert). A concrete
+    batch is checked with ``check_schedule`` (a traced one is the caller's to check).
     Returns (loss, metrics): loss = mean cross-entropy over all masked positions; metrics
     "loss", "token_accuracy" (masked positions predicted right) and "accuracy" (fraction
     of examples with at least one masked position whose masked positions are all right),
     scalar float32.
     """
+    try:  # a concrete mask can be checked here; under jit the trainer checked it on the host
+        check_schedule(np.asarray(batch["loss_mask"]), spec)
+    except jax.errors.TracerArrayConversionError:
+        pass
     tokens = jnp.asarray(batch["inputs"])
     targets = jnp.asarray(batch["targets"])
     mask = jnp.asarray(batch["loss_mask"]).astype(bool)
-    outputs, _ = run_sequence(model, params, tokens, spec, _window_stats, extras=(targets, mask))
+    outputs, _ = run_sequence(
+        model, params, tokens, spec, _window_stats, extras=(targets, mask), valid=batch.get("valid")
+    )
     zero = jnp.zeros((), jnp.float32)
     ce, correct = zero, zero
     wrong = jnp.zeros(tokens.shape[:1], jnp.int32)
@@ -471,14 +574,16 @@ def sequence_loss(model, params, batch: dict, spec: SleepSpec) -> tuple[jax.Arra
     return loss, metrics
 
 
-def sequence_logits(model, params, tokens: jax.Array, spec: SleepSpec):
+def sequence_logits(model, params, tokens: jax.Array, spec: SleepSpec, valid=None):
     """Logits of Algorithm 1's wake windows: ([batch, time, vocab] float32, final state).
 
     Positions in sleep windows get zero logits (sleep produces no prediction). This is the
     reference that a streaming decoder must reproduce at the prediction positions.
+    ``valid`` [batch, time] bool: real tokens (None: all); logits at padded ones are
+    meaningless.
     """
     batch, seq_len = tokens.shape
-    outputs, state = run_sequence(model, params, tokens, spec, lambda logits: logits)
+    outputs, state = run_sequence(model, params, tokens, spec, lambda logits: logits, valid=valid)
     logits = jnp.zeros((batch, seq_len, model.vocab_size), jnp.float32)
     bounds = window_bounds(seq_len, spec.window)
     for first, count, out in outputs:

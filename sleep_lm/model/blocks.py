@@ -42,7 +42,8 @@ def jet_config(cfg: ModelConfig) -> JetConfig:
 
 
 class Block(nn.Module):
-    """One layer of the hybrid: ``__call__(h, layer_state, positions) -> (h, new_state)``.
+    """One layer of the hybrid: ``__call__(h, layer_state, positions, valid=None) -> (h,
+    new_state)``; ``valid`` [batch, time] bool marks real (not padded) tokens, None = all.
 
     kind "attn" uses an Attention mixer with a KVCache state; "gdn" a GatedDeltaNet mixer
     and "jet" a JetBlock mixer, both with a FastWeightState.
@@ -53,7 +54,7 @@ class Block(nn.Module):
     window: int
 
     @nn.compact
-    def __call__(self, h: jax.Array, layer_state, positions: jax.Array):
+    def __call__(self, h: jax.Array, layer_state, positions: jax.Array, valid=None):
         cfg = self.config
         norm = functools.partial(nn.RMSNorm, epsilon=1e-6, dtype=cfg.compute_dtype)
         if self.kind == "attn":
@@ -62,7 +63,8 @@ class Block(nn.Module):
             mixer = JetBlock(jet_config(cfg), name="mixer")
         else:
             mixer = GatedDeltaNet(cfg, name="mixer")
-        y, layer_state = mixer(norm(name="mixer_norm")(h), layer_state, positions)
+        # The MLP and norms act per token: only the mixer needs to know about padding.
+        y, layer_state = mixer(norm(name="mixer_norm")(h), layer_state, positions, valid)
         h = h + y
         h = h + MLP(cfg, name="mlp")(norm(name="mlp_norm")(h))
         # The residual stream [batch, time, width] is split on the batch only (weights split

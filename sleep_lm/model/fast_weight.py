@@ -17,6 +17,13 @@ The SiLU after the convolution is applied to q, k and v, as in the reference GDN
 The convolution tail (pre-conv projections of the last conv_size - 1 tokens) is part of
 the state, so splitting a sequence at any point (a window boundary, or one decoded token
 at a time) gives exactly the same outputs as running it whole.
+
+Padding (``valid`` [batch, time] bool, False = a padded token) is inert: at a padded token
+beta = 0 and g = 0 (no write, no decay: S passes through unchanged) and the conv input is
+zero. With LEFT padding every padded token precedes every real one, so the real tokens'
+convolution sees zeros where an unpadded sequence sees its fresh (zero) tail: the same
+numbers. (A padded token between real ones would enter their convolution as a zero input,
+not be skipped.)
 """
 
 from __future__ import annotations
@@ -77,16 +84,39 @@ def _conv_init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
+def mask_inputs(valid, x: jax.Array) -> jax.Array:
+    """x [batch, time, channels] with padded tokens' rows zeroed (valid: [batch, time] bool;
+    None: x unchanged). Applied to a convolution's input, so padding never enters a tail."""
+    if valid is None:
+        return x
+    return jnp.where(valid[..., None], x, jnp.zeros((), x.dtype))
+
+
+def mask_gates(valid, g: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """g = 0 (no decay) and beta = 0 (no write) at padded tokens: the delta rule then leaves
+    S exactly as it was. g, beta: [batch, time, heads]; valid: [batch, time] bool or None."""
+    if valid is None:
+        return g, beta
+    keep = valid[..., None]
+    return jnp.where(keep, g, 0.0), jnp.where(keep, beta, 0.0)
+
+
 class GatedDeltaNet(nn.Module):
-    """The GDN mixer; ``__call__(x, state, positions) -> (y, new_state)``."""
+    """The GDN mixer; ``__call__(x, state, positions, valid=None) -> (y, new_state)``."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, state: FastWeightState, positions: jax.Array
+        self,
+        x: jax.Array,
+        state: FastWeightState,
+        positions: jax.Array,
+        valid: jax.Array | None = None,
     ) -> tuple[jax.Array, FastWeightState]:
-        """x: [batch, time, width]; positions: [time] global positions."""
+        """x: [batch, time, width]; positions: [time] global positions; valid: [batch, time]
+        bool or None (all valid): padded tokens neither decay nor write S nor enter the conv
+        tail (see the module docstring)."""
         cfg = self.config
         batch, time, _ = x.shape
         heads, dim = cfg.heads, cfg.head_dim
@@ -95,7 +125,7 @@ class GatedDeltaNet(nn.Module):
             [dense(heads * dim, name=f"{n}_proj")(x) for n in ("q", "k", "v")], axis=-1
         )
         weight = self.param("conv_weight", _conv_init, (cfg.conv_size, 3 * heads * dim))
-        qkv, conv_tail = causal_conv(qkv, state.conv_tail, weight)
+        qkv, conv_tail = causal_conv(mask_inputs(valid, qkv), state.conv_tail, weight)
         qkv = nn.silu(qkv)
         q, k, v = (y.reshape(batch, time, heads, dim) for y in jnp.split(qkv, 3, axis=-1))
         q, k = l2_normalize(q), l2_normalize(k)
@@ -108,6 +138,7 @@ class GatedDeltaNet(nn.Module):
         dt_bias = self.param("dt_bias", _dt_bias_init, (heads,))
         a = dense(heads, name="a_proj")(x).astype(jnp.float32)
         g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
+        g, beta = mask_gates(valid, g, beta)
 
         rule = ops.gated_delta_rule if cfg.rule == "delta" else ops.gated_linear_rule
         o, fast_weights = rule(

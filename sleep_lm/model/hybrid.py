@@ -68,21 +68,31 @@ class HybridLM(nn.Module):
         )
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """tokens [batch, time] int, positions [time] global -> h [batch, time, width]."""
+        """tokens [batch, time] int, positions [time] global (or [batch, time] per example,
+        as sleep.py passes for padded batches) -> h [batch, time, width]."""
         h = self.token_embed(tokens)
         if self.config.positions == "learned":
             # Clamp (rather than NaN-fill) positions past the table, e.g. long generation.
             pos = jnp.take(self.position_embed, positions, axis=0, mode="clip")
-            h = h + pos.astype(h.dtype)[None]
+            h = h + (pos.astype(h.dtype)[None] if positions.ndim == 1 else pos.astype(h.dtype))
         return h
 
     def blocks(
-        self, h: jax.Array, state: ModelState, positions: jax.Array, start: int, stop: int
+        self,
+        h: jax.Array,
+        state: ModelState,
+        positions: jax.Array,
+        start: int,
+        stop: int,
+        valid: jax.Array | None = None,
     ) -> tuple[jax.Array, ModelState]:
-        """Runs blocks start..stop-1 (Python ints) once; other layers' states pass through."""
+        """Runs blocks start..stop-1 (Python ints) once; other layers' states pass through.
+
+        valid: [batch, time] bool, False at padded tokens (None: all real). Padding is inert:
+        no layer's state changes at a padded token and no real token reads one."""
         layers = list(state.layers)
         for i in range(start, stop):
-            h, layers[i] = self.block[i](h, layers[i], positions)
+            h, layers[i] = self.block[i](h, layers[i], positions, valid)
         return h, ModelState(layers=tuple(layers))
 
     def head(self, h: jax.Array) -> jax.Array:

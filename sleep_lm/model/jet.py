@@ -29,6 +29,11 @@ token's own input, so nothing else is needed to continue the sequence: decoding 
 token equals one prefill, and a sequence split anywhere equals the whole. Hard eviction
 (``state.clear_local``) zeroes the tail, as for GDN.
 
+Padding (``valid`` [batch, time] bool, False = a padded token) is inert as in GDN
+(``fast_weight.mask_inputs`` / ``mask_gates``): the raw v projection of a padded token is
+zeroed before the convolution (so with left padding no padded token reaches a real token's
+taps or the tail) and its g and beta are 0 (S passes through unchanged).
+
 Parameter paths mirror the Hugging Face tensor names inside ``self_attn`` (flax path joined
 by "." = HF name; Dense ``kernel`` = HF ``weight`` transposed, RMSNorm ``scale`` = HF
 ``weight``): ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj``, ``b_proj``, ``g_proj``,
@@ -49,7 +54,13 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm import ops
-from sleep_lm.model.fast_weight import _a_log_init, _dt_bias_init, l2_normalize
+from sleep_lm.model.fast_weight import (
+    _a_log_init,
+    _dt_bias_init,
+    l2_normalize,
+    mask_gates,
+    mask_inputs,
+)
 from sleep_lm.model.state import FastWeightState, constrain
 
 GDN_IMPLS = ("chunked", "recurrent")
@@ -248,16 +259,20 @@ class DynamicCausalConv(nn.Module):
 
 
 class JetBlock(nn.Module):
-    """The Jet mixer; ``__call__(x, state, positions) -> (y, new_state)``."""
+    """The Jet mixer; ``__call__(x, state, positions, valid=None) -> (y, new_state)``."""
 
     config: JetConfig
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, state: FastWeightState, positions: jax.Array
+        self,
+        x: jax.Array,
+        state: FastWeightState,
+        positions: jax.Array,
+        valid: jax.Array | None = None,
     ) -> tuple[jax.Array, FastWeightState]:
         """x: [batch, time, width] (already normed); positions: [time], unused (see module
-        docstring)."""
+        docstring); valid: [batch, time] bool or None (all valid): padding is inert."""
         del positions
         cfg = self.config
         batch, time, _ = x.shape
@@ -268,7 +283,7 @@ class JetBlock(nn.Module):
         q = nn.silu(dense(cfg.key_dim, name="q_proj")(x)).reshape(batch, time, heads, dk)
         k = nn.silu(dense(cfg.key_dim, name="k_proj")(x)).reshape(batch, time, heads, dk)
         v, conv_tail = DynamicCausalConv(cfg, name="dynamic_conv1d")(
-            dense(cfg.value_dim, name="v_proj")(x), x, state.conv_tail
+            mask_inputs(valid, dense(cfg.value_dim, name="v_proj")(x)), x, state.conv_tail
         )
         v = v.reshape(batch, time, heads, dv)
 
@@ -278,6 +293,7 @@ class JetBlock(nn.Module):
         dt_bias = self.param("dt_bias", _dt_bias_init, (heads,))
         a = dense(heads, name="a_proj")(x).astype(jnp.float32)
         g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
+        g, beta = mask_gates(valid, g, beta)
 
         o, fast_weights = jet_core(
             q,

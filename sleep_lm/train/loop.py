@@ -10,6 +10,13 @@ can hand in their own:
   "accuracy" (the Algorithm 1 loss over whole sequences, `sleep.sequence_loss`);
 - optionally `eval_fn`, the same signature, used by `evaluate_checkpoint` (`--mode=eval`):
   the streaming inference path `inference.streaming_loss` (defaults to `loss_fn`).
+A batch may also carry `valid` (bool [batch, time], False at padding; see sleep.py,
+"Variable-length examples"); it travels to `loss_fn` with the rest of the batch.
+
+The wake/sleep schedule is static (from one example), so every batch is checked on the
+host before its step (`check_batch`: `sleep.check_schedule` against `Components.spec`): a
+loss position in a sleep window stops the run with a one-line ValueError instead of going
+silently unscored.
 
 Evaluation by difficulty: a task with `eval_sets(size, seed)` (Rule 110 per t, Depo per k)
 returns held-out sets keyed by a suffix ("" for the task's own set, "@t=16", "@k=8", ...);
@@ -162,6 +169,16 @@ def batch_for_step(task, seed: int, step: int, batch_size: int, rows=None) -> di
         return batch
     index = np.asarray(rows, np.int64)
     return {key: value[index] for key, value in batch.items()}
+
+
+def check_batch(components: Components, batch: dict) -> dict:
+    """`batch`, after refusing it (one-line ValueError) if a loss position lies in a window
+    that `components.spec`'s static schedule sleeps on; no check without a spec."""
+    if components.spec is not None:
+        from sleep_lm import sleep
+
+        sleep.check_schedule(batch["loss_mask"], components.spec)
+    return batch
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
@@ -476,6 +493,8 @@ def train(
 
         train_step, eval_step = _compile_steps(components, optimizer, layout, state_shardings)
         held_out = eval_sets(task, train_cfg.eval_size, config.seed)
+        for held_out_batch in held_out.values():
+            check_batch(components, held_out_batch)
         eval_chunk = min(train_cfg.batch_size, train_cfg.eval_size)
         progress = Progress(total, train_cfg.batch_size * task.seq_len)
         sums: dict[str, float] = {}
@@ -486,6 +505,7 @@ def train(
         def sample(step):
             # This host's rows of the global batch of `step`, assembled across hosts.
             local = batch_for_step(task, config.seed, step, train_cfg.batch_size, rows.rows)
+            check_batch(components, local)
             return parallel.global_batch(local, layout.batch, train_cfg.batch_size)
 
         def put_eval(chunk):
@@ -578,6 +598,8 @@ def evaluate_checkpoint(
         out_shardings=layout.replicated,
     )
     held_out = eval_sets(components.task, config.train.eval_size, config.seed)
+    for held_out_batch in held_out.values():
+        check_batch(components, held_out_batch)
     chunk = min(config.train.batch_size, config.train.eval_size)
 
     def put(chunk):
