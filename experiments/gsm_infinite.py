@@ -25,25 +25,191 @@ Export the held-out problems of a run (same seq_len, seed and mix) as JSONL:
   python -m sleep_lm.tasks.gsm_infinite.export --out /tmp/gsm_heldout.jsonl --ops 1-4 \
       --per_op 200 --seq_len 384
 
-The paper's fine-tunes (`ouro`: Ouro-1.4B + Jet layers; `jet`: Jet-Nemotron-2B; `tiny`) need
-the pretrained model families (sleep_lm.pretrained) and are not presets here yet.
+The paper's fine-tunes (experiment 3) start from a Hugging Face checkpoint directory
+(`config.init.from_hf=DIR`; the model family reads its config.json and weights, and the task
+tokenizes with DIR/tokenizer.json: `task.tokenizer` follows `init.from_hf` unless set).
+Download the weights once (`pip install huggingface_hub`; older versions call the command
+`huggingface-cli download`):
 
-The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `scratch`,
-`passes=N` (sleep.passes), `steps=S` (train.steps).
+  hf download ByteDance/Ouro-1.4B --local-dir ~/models/Ouro-1.4B        # Apache-2.0
+  hf download jet-ai/Jet-Nemotron-2B --local-dir ~/models/Jet-Nemotron-2B
+  # Jet-Nemotron-2B's WEIGHTS are under NVIDIA's non-commercial license (research and
+  # evaluation only; a fine-tune inherits that limit). Its code is Apache-2.0.
+
+`ouro`: Ouro-1.4B with 6 Jet layers inserted at load (`model.hf_options.jet_positions=6`:
+before layers 2, 6, ..., 22; identity at init, so step 0 is the pretrained model), hard
+eviction L = 2000; `ouro_sliding`: the same with sliding-window eviction, L = 512 (the paper
+warms N > 1 up with hard eviction first; see below). Sweep N in {1, 2, 4}:
+
+  python -m sleep_lm.main --config=experiments/gsm_infinite.py:ouro \
+      --config.init.from_hf=$HOME/models/Ouro-1.4B --workdir=/ckpt/gsm_ouro_n1
+  python -m sleep_lm.sweep --config=experiments/gsm_infinite.py:ouro \
+      --config.init.from_hf=$HOME/models/Ouro-1.4B --workdir=/ckpt/gsm_ouro
+  python -m sleep_lm.sweep --config=experiments/gsm_infinite.py:ouro_sliding \
+      --config.init.from_hf=$HOME/models/Ouro-1.4B --workdir=/ckpt/gsm_ouro_sliding
+
+`jet`: Jet-Nemotron-2B (family `qwen2`, model_type jet_nemotron) with sleep looping its
+middle 14 of 28 blocks (`sleep.loop_blocks=7:21`, which holds its attention layers 14 and
+19 and sliding layer 20), hard eviction L = 2000. Sweep N in {1, 2, 4, 6}:
+
+  python -m sleep_lm.sweep --config=experiments/gsm_infinite.py:jet \
+      --config.init.from_hf=$HOME/models/Jet-Nemotron-2B --workdir=/ckpt/gsm_jet
+
+Both: problems with 1-8 operations in 3,300 tokens (the paper's longest; the task fills the
+prompt with distractors to task.seq_len), held out 200 per op (1,600), global batch 256, Muon
+lr 1e-3 for the weight matrices + AdamW lr 5e-5 for the rest (the paper's fine-tuning
+values), compute in bfloat16 (parameters and optimiser state float32), every device on the
+`fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch 256
+and eval_size 200 must be multiples of the device count: 1, 2, 4 or 8 devices). The trainer
+has no gradient accumulation: the whole global batch is one step. Open choices, ours: 1000
+steps, a 20-step warm-up then constant rates, clipping 1.0, no weight decay. Warming a
+sliding run up from a hard-eviction run (init.from_checkpoint) is not possible yet for a
+pretrained family: it needs init.from_hf for the architecture, and init takes one source.
+
+`tiny` (`tiny_jet`): the same pretrained path on a CPU in seconds, from a tiny random
+checkpoint that a command writes (no download; sleep_lm/pretrained/tiny.py): Ouro (2 layers
+looped twice) with 1 inserted Jet layer (`tiny_jet`: a 4-layer Jet-Nemotron-style model
+looping its middle 2 blocks), problems with 1-2 operations in 128 tokens of its byte-level
+BPE tokenizer (4 windows of 32), N = 2, 4 steps, then the held-out evaluation. The weights
+are random: it shows that the path runs, not what sleep does:
+
+  python -m sleep_lm.pretrained.tiny --family=ouro --out=/tmp/tiny_ouro
+  python -m sleep_lm.main --config=experiments/gsm_infinite.py:tiny \
+      --config.init.from_hf=/tmp/tiny_ouro --workdir=/tmp/gsm_tiny
+  python -m sleep_lm.main --config=experiments/gsm_infinite.py:tiny \
+      --config.init.from_hf=/tmp/tiny_ouro --workdir=/tmp/gsm_tiny --mode=eval
+  python -m sleep_lm.pretrained.tiny --family=jet_nemotron --out=/tmp/tiny_jet
+  python -m sleep_lm.main --config=experiments/gsm_infinite.py:tiny_jet \
+      --config.init.from_hf=/tmp/tiny_jet --workdir=/tmp/gsm_tiny_jet
+
+The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: one preset
+(`scratch` (default), `ouro`, `ouro_sliding`, `jet`, `tiny`, `tiny_jet`), `passes=N`
+(sleep.passes), `steps=S` (train.steps). `get_sweep(arg)` sweeps the preset's N.
 """
+
+import os
 
 from ml_collections import config_dict
 
 from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
 
-_ARG_DEFAULTS = {"scratch": False, "passes": -1, "steps": -1}
+# Sleep passes N each preset's sweep runs (the paper's: Ouro {1, 2, 4}, Jet-Nemotron {1, 2, 4, 6}).
+SWEEP_PASSES = {
+    "scratch": (1, 2, 4),
+    "ouro": (1, 2, 4),
+    "ouro_sliding": (1, 2, 4),
+    "jet": (1, 2, 4, 6),
+    "tiny": (1, 2),
+    "tiny_jet": (1, 2),
+}
+PRESETS = tuple(SWEEP_PASSES)
+_ARG_DEFAULTS = {**dict.fromkeys(PRESETS, False), "passes": -1, "steps": -1}
+
+
+def _preset(arg) -> str:
+    chosen = [name for name in PRESETS if arg[name]]
+    if len(chosen) > 1:
+        raise ValueError(f"config argument: choose one preset, got {', '.join(chosen)}")
+    return chosen[0] if chosen else "scratch"
+
+
+def checkpoint_tokenizer(checkpoint: str) -> str:
+    """`task.tokenizer` of a run from `init.from_hf=checkpoint`: its tokenizer.json. "" (the
+    byte tokenizer) while no existing directory is given, so that config validation reports
+    the missing `init.from_hf` directory itself (one line naming it), not a missing file."""
+    path = os.path.expanduser(checkpoint)
+    return os.path.join(path, "tokenizer.json") if checkpoint and os.path.isdir(path) else ""
+
+
+def _from_hf(config: config_dict.ConfigDict) -> None:
+    # task.tokenizer follows init.from_hf (also when --config.init.from_hf=DIR overrides it on
+    # the command line): a lazy reference, resolved wherever the config is read or written.
+    # An explicit --config.task.tokenizer=FILE replaces it.
+    ref = config_dict.FieldReference("", field_type=str)
+    config.init.from_hf = ref
+    config.task.tokenizer = ref._apply_op(checkpoint_tokenizer)
+
+
+def _paper_finetune(config: config_dict.ConfigDict) -> None:
+    """What `ouro`, `ouro_sliding` and `jet` share (see the module docstring)."""
+    _from_hf(config)
+    config.task.seq_len = 3300  # the paper's longest problems (2,000-3,300 tokens)
+    config.task.min_op = 1
+    config.task.max_op = 8
+    config.task.eval_ops = "1-8"
+    # Compute settings load_hf passes to the family (the model.width, heads, layers, ... above
+    # are the hybrid's and unused: the architecture is the checkpoint's config.json).
+    config.model.dtype = "bfloat16"
+    config.model.gdn_impl = "chunked"
+    config.model.chunk_size = 64
+    config.sleep.window = 2000
+    config.sleep.eviction = "hard"
+    # The most memory-saving remat mode for N > 1 (sleep.py docstring): only each pass's
+    # inputs are kept. benchmarks/RESULTS.md's memory plan (benchmarks/pretrained_memory.py)
+    # sets the remat / mesh defaults of these presets.
+    config.sleep.remat = "pass"
+    config.sleep.loop_blocks = "all"
+    config.train.steps = 1000  # the paper does not give its fine-tuning length
+    config.train.batch_size = 256  # global batch; no gradient accumulation in the trainer
+    config.train.optimizer = "muon"
+    config.train.lr = 1e-3  # Muon, the paper's fine-tuning value (tuned at N = 1)
+    config.train.adam_lr = 5e-5  # AdamW group (embeddings, head, norms, gates), the paper's
+    config.train.schedule = "constant"
+    config.train.warmup_steps = 20
+    config.train.min_lr_ratio = 1.0
+    config.train.grad_clip = 1.0
+    config.train.weight_decay = 0.0
+    config.train.log_every = 10
+    config.train.eval_every = 250
+    config.train.eval_size = 200  # per op: 1,600 held-out problems for ops 1-8
+    config.train.checkpoint_every = 250
+    config.train.keep_checkpoints = 2
+    # Fully sharded data parallel over every device: parameters, optimiser state and batch.
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.mesh.tensor = 1
+
+
+def _tiny(config: config_dict.ConfigDict) -> None:
+    """What `tiny` and `tiny_jet` share: the fine-tune's settings at toy size for a CPU."""
+    _from_hf(config)
+    config.task.seq_len = 128  # tokens of the tiny checkpoint's BPE (~350 bytes)
+    config.task.min_op = 1
+    config.task.max_op = 2
+    config.task.eval_ops = "1-2"
+    config.model.dtype = "float32"
+    # The Jet layers' delta rule as a scan over tokens: at 32-token windows on a CPU it
+    # compiles faster than the chunked form the full-size presets use (the two agree to
+    # float rounding, tests/ops).
+    config.model.gdn_impl = "recurrent"
+    config.model.chunk_size = 16
+    config.sleep.passes = 2
+    config.sleep.window = 32  # 3 sleep windows, then the answer's wake window
+    config.sleep.eviction = "hard"
+    config.sleep.remat = "pass"  # as the full-size presets
+    config.sleep.loop_blocks = "all"
+    config.train.steps = 4
+    config.train.batch_size = 4
+    config.train.optimizer = "muon"
+    config.train.lr = 1e-3
+    config.train.adam_lr = 5e-5
+    config.train.schedule = "constant"
+    config.train.warmup_steps = 0
+    config.train.min_lr_ratio = 1.0
+    config.train.log_every = 1
+    config.train.eval_every = 4
+    config.train.eval_size = 4  # per op
+    config.train.checkpoint_every = 4
+    config.mesh.data = 1
+    config.mesh.fsdp = -1
+    config.mesh.tensor = 1
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     arg = parse_arg(arg, **_ARG_DEFAULTS)
+    preset = _preset(arg)
     config = config_dict.ConfigDict()
     config.seed = 0
-
     config.task = config_dict.ConfigDict()
     config.task.name = "gsm_infinite"
     config.task.seq_len = 384  # bytes; a multiple of sleep.window (the answer's window wakes)
@@ -107,9 +273,40 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     config.mesh = default_mesh_config()
 
-    # `scratch` is the only preset so far (and the default); the flag keeps the command line
-    # explicit and leaves room for the pretrained presets.
-    del arg.scratch
+    if preset == "ouro":
+        _paper_finetune(config)
+        config.model.family = "ouro"
+        # 6 Jet layers (no MLP) before layers 2, 6, 10, 14, 18, 22 (even_jet_positions), the
+        # JetBlock shape of Jet-Nemotron-2B (16 heads, key 96, value 256); a sleep pass runs
+        # all 4 Ouro loops (sleep_loops "last": only the last loop; the paper leaves it open).
+        config.model.hf_options = {"jet_positions": 6, "sleep_loops": "all"}
+    elif preset == "ouro_sliding":
+        _paper_finetune(config)
+        config.model.family = "ouro"
+        config.model.hf_options = {"jet_positions": 6, "sleep_loops": "all"}
+        config.sleep.window = 512  # 6 sleep windows, then the answer's window (3072 ... 3299)
+        config.sleep.eviction = "sliding"
+    elif preset == "jet":
+        _paper_finetune(config)
+        config.model.family = "qwen2"  # model_type jet_nemotron
+        config.model.hf_options = {}
+        config.sleep.loop_blocks = "7:21"  # the middle 14 of its 28 blocks
+    elif preset == "tiny":
+        _tiny(config)
+        config.model.family = "ouro"
+        config.model.hf_options = {
+            "jet_positions": 1,
+            "jet_heads": 2,
+            "jet_key_head_dim": 8,
+            "jet_value_head_dim": 16,
+            "sleep_loops": "all",
+        }
+    elif preset == "tiny_jet":
+        _tiny(config)
+        config.model.family = "qwen2"
+        config.model.hf_options = {}
+        config.sleep.loop_blocks = "1:3"  # the middle 2 of its 4 blocks
+
     if arg.passes >= 0:
         config.sleep.passes = arg.passes
     if arg.steps > 0:
@@ -118,6 +315,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
 
 def get_sweep(arg: str | None = None) -> list[dict]:
-    """Sleep passes N in {1, 2, 4}."""
-    del arg
-    return [{"sleep.passes": n} for n in (1, 2, 4)]
+    """Sleep passes N of the preset: {1, 2, 4} (`scratch`, `ouro`, `ouro_sliding`),
+    {1, 2, 4, 6} (`jet`), {1, 2} (`tiny`, `tiny_jet`)."""
+    preset = _preset(parse_arg(arg, **_ARG_DEFAULTS))
+    return [{"sleep.passes": n} for n in SWEEP_PASSES[preset]]
