@@ -114,11 +114,9 @@ def _preset(arg) -> str:
 
 
 def checkpoint_tokenizer(checkpoint: str) -> str:
-    """`task.tokenizer` of a run from `init.from_hf=checkpoint`: its tokenizer.json. "" (the
-    byte tokenizer) while no existing directory is given, so that config validation reports
-    the missing `init.from_hf` directory itself (one line naming it), not a missing file."""
-    path = os.path.expanduser(checkpoint)
-    return os.path.join(path, "tokenizer.json") if checkpoint and os.path.isdir(path) else ""
+    """`task.tokenizer` of a run from `init.from_hf=checkpoint`: its tokenizer.json ("" while
+    init.from_hf is unset; config validation then asks for it)."""
+    return os.path.join(os.path.expanduser(checkpoint), "tokenizer.json") if checkpoint else ""
 
 
 def _from_hf(config: config_dict.ConfigDict) -> None:

@@ -17,6 +17,7 @@ anything touches a device) and before compiling.
 import importlib.util
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -144,6 +145,27 @@ def _pretrained_model(config):
     except ValueError as e:
         raise ConfigError(f"config.init.from_hf={path!r}: {e}") from None
     return family.name, model
+
+
+def _validate_checkpoint_dir(config) -> None:
+    """A pretrained family's `init.from_hf` is set and is a directory. Checked before the task
+    is built, since a task may read the checkpoint's tokenizer.json (experiments/gsm_infinite.py
+    points task.tokenizer at it): a missing checkpoint is the error to report, not what the
+    task makes of its absence."""
+    from sleep_lm.pretrained import FAMILIES
+
+    from_hf = (config.get("init", None) or {}).get("from_hf", "")
+    if model_family(config) not in FAMILIES or not isinstance(from_hf, str):
+        return  # _validate_family / _validate_init report these
+    if not from_hf:
+        raise ConfigError(
+            f"config.model.family={model_family(config)!r} takes its architecture from a "
+            "Hugging Face checkpoint: set config.init.from_hf=DIR"
+        )
+    if not os.path.isdir(os.path.expanduser(from_hf)):
+        raise ConfigError(
+            f"config.init.from_hf={from_hf!r}: checkpoint directory {from_hf!r} does not exist"
+        )
 
 
 def _validate_family(config, task) -> None:
@@ -472,6 +494,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None):
     steps = _get(config, "task").get("steps", None)
     if steps is not None:
         _int(config, "task.steps", 0)
+    _validate_checkpoint_dir(config)
     try:
         task = get_task(config.task)
     except ValueError as e:
