@@ -217,6 +217,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.modes = "forward,reverse"
     config.task.templates = "zoo,school,festival"
     config.task.levels = "medium,hard"
+    # Left padding is inert (batches carry `valid`); "filler" = padding as ordinary text.
+    config.task.padding = "inert"
 
     config.model = config_dict.ConfigDict()
     config.model.width = 64

@@ -43,7 +43,8 @@ seed; so reading the split in order with that batch size reproduces on-the-fly t
 
 Storage per example: the full token sequence `tokens` ([seq_len + 1], uint8 when the
 vocabulary fits, else int32), `loss_mask` (bool [seq_len]) and, for Depo, `hops` (int32
-[num_queries]), for GSM-Infinite `op` (int32 scalar); the reader rebuilds
+[num_queries]), for GSM-Infinite `op` (int32 scalar) and `valid` (bool [seq_len], the
+inert-padding mask: False on the padded inputs); the reader rebuilds
 `inputs = tokens[:-1]`, `targets = tokens[1:]` (int32).
 """
 
@@ -141,7 +142,7 @@ def _rows(task, batch: dict, start: int) -> Iterator[tuple[int, dict]]:
     full = full.astype(_tokens_dtype(task.vocab_size))
     for i in range(len(full)):
         record = {"tokens": full[i], "loss_mask": batch["loss_mask"][i]}
-        for key in ("hops", "op"):
+        for key in ("hops", "op", "valid"):
             if key in batch:
                 record[key] = batch[key][i]
         yield start + i, record
@@ -285,6 +286,10 @@ class GsmInfiniteBuilder(_TaskBuilder):
         task = config.task()
         features = self._features(task)
         features["op"] = tfds.features.Tensor(shape=(), dtype=np.int32)
+        # The inert-padding mask (GsmInfinite's default padding): False on the padded inputs.
+        features["valid"] = tfds.features.Tensor(
+            shape=(task.seq_len,), dtype=np.bool_, encoding=_BYTES
+        )
         return self._make_info(
             f"GSM-Infinite-style math, ops {config.min_op}..{config.max_op} ({task!r}); see "
             "sleep_lm.tasks.gsm_infinite.",
@@ -340,7 +345,8 @@ def data_source(name, split: str, data_dir, **kwargs):
 
 def to_batch(records: list[dict]) -> dict[str, np.ndarray]:
     """Stored records -> the tasks' batch dict: inputs, targets int32 [batch, seq_len],
-    loss_mask bool [batch, seq_len] (and hops int32 [batch, num_queries] for Depo)."""
+    loss_mask bool [batch, seq_len] (and hops int32 [batch, num_queries] for Depo; op int32
+    [batch] and valid bool [batch, seq_len] for GSM-Infinite)."""
     tokens = np.stack([r["tokens"] for r in records]).astype(np.int32)
     batch = {
         "inputs": np.ascontiguousarray(tokens[:, :-1]),
@@ -350,6 +356,8 @@ def to_batch(records: list[dict]) -> dict[str, np.ndarray]:
     for key in ("hops", "op"):
         if key in records[0]:
             batch[key] = np.stack([r[key] for r in records]).astype(np.int32)
+    if "valid" in records[0]:  # GSM-Infinite's inert padding
+        batch["valid"] = np.stack([r["valid"] for r in records]).astype(bool)
     return batch
 
 

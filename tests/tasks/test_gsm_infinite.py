@@ -409,7 +409,7 @@ def test_tfds_builder_splits_equal_the_task(tmp_path):
     task = config.task()
     test = tb.read_split(tb.GsmInfiniteBuilder, "test_op2", tmp_path, config=config)
     expected = task.eval_batch(3, 1, op=2)
-    for key in ("inputs", "targets", "loss_mask", "op"):
+    for key in ("inputs", "targets", "loss_mask", "op", "valid"):
         np.testing.assert_array_equal(test[key], expected[key])
 
 

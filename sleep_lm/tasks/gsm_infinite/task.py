@@ -3,17 +3,23 @@
 Every example is exactly ``seq_len + 1`` tokens (``inputs`` = the first ``seq_len``,
 ``targets`` = the last ``seq_len``), laid out as
 
-    filler ... filler | question \\n statements \\n Answer: | " <answer>" | end
-                        <= prompt_budget tokens (generator)   scored (loss_mask)
+    pad ... pad | question \\n statements \\n Answer: | " <answer>" | end
+                  <= prompt_budget tokens (generator)   scored (loss_mask)
 
 The prompt (``generator.format_prompt``) is filled with distractors up to ``prompt_budget =
-seq_len - max_answer_tokens`` tokens; the rest of the front is the tokenizer's neutral filler
-token (a space: byte 32, or the token of " "), so the answer and the end token are always the
-last tokens of the sequence and sit in the last window. ``loss_mask`` is true exactly on the
+seq_len - max_answer_tokens`` tokens; the rest of the front is LEFT padding, so the answer and
+the end token are always the last tokens of the sequence and sit in the last window. With
+``padding="inert"`` (the default) batches carry ``valid`` (bool [batch, seq_len], False on
+the padded inputs) and the model treats padded tokens as absent (sleep.py, "Variable-length
+examples": no fast-weight write or decay, no conv input, never attended to); the pad id is
+the tokenizer's filler token, and its value does not matter. ``padding="filler"`` is the
+earlier layout: the same filler tokens (a space: byte 32, or the token of " ") as ordinary
+text, and no ``valid``. ``loss_mask`` is true exactly on the
 targets that are answer tokens or the end token (2-5 positions with bytes: " 0" .. " 1000" and
 the end), all within the last ``answer_span`` positions; ``check_window`` (called by config
 validation and the trainer) makes sure those all lie in the last (wake) window, whatever the
-answer. (Inert padding, issue 11's other half, will replace the filler by masked padding.)
+answer. (With inert padding a loss position outside the last window would also be refused
+at run time by the trainer: ``sleep.check_schedule``.)
 
 Batches also carry ``op`` (int32 [batch]): the operation count of each example.
 
@@ -49,7 +55,9 @@ FIELDS = (
     "filler",
     "vocab_size",
     "noise",
+    "padding",
 )
+PADDINGS = ("inert", "filler")
 
 
 def _names(field: str, value, allowed) -> tuple[str, ...]:
@@ -97,6 +105,8 @@ class GsmInfinite:
       vocab_size: the model's vocabulary when it differs from the tokenizer's (a pretrained
         model's embedding is often padded); must hold every tokenizer id.
       noise: add statements from other templates to reach the length.
+      padding: "inert" (batches carry ``valid``; padded tokens are absent to the model) or
+        "filler" (the padding is ordinary filler text; no ``valid``).
     """
 
     name = "gsm_infinite"
@@ -115,6 +125,7 @@ class GsmInfinite:
         filler: str | None = None,
         vocab_size: int | None = None,
         noise: bool = True,
+        padding: str = "inert",
     ):
         self.seq_len = _common.check_int("seq_len", seq_len, 8)
         self.min_op = _common.check_int("min_op", min_op, 1)
@@ -129,6 +140,9 @@ class GsmInfinite:
         self.templates = _names("templates", templates, generator.TEMPLATES)
         self.levels = _names("levels", levels, generator.LEVELS)
         self.noise = bool(noise)
+        if padding not in PADDINGS:
+            raise ValueError(f"padding: allowed {', '.join(map(repr, PADDINGS))}, got {padding!r}")
+        self.padding = padding
         self.tokenizer = tokens_lib.get_tokenizer(tokenizer, end_token, filler)
         tok = self.tokenizer
         self.vocab_size = tok.vocab_size
@@ -233,6 +247,11 @@ class GsmInfinite:
 
     def tokens(self, problem: dict) -> tuple[np.ndarray, np.ndarray]:
         """(full tokens [seq_len + 1], scored bool [seq_len + 1]) of one problem."""
+        full, scored, _ = self._layout(problem)
+        return full, scored
+
+    def _layout(self, problem: dict) -> tuple[np.ndarray, np.ndarray, int]:
+        """``tokens`` and the number of padding (filler) tokens in front."""
         tok = self.tokenizer
         prompt = tok.encode(problem["prompt"])
         answer = tok.encode(generator.answer_text(problem["answer"])) + [tok.end_id]
@@ -242,12 +261,16 @@ class GsmInfinite:
         full = np.array([tok.filler_id] * pad + prompt + answer, dtype=np.int32)
         scored = np.zeros(self.seq_len + 1, dtype=bool)
         scored[-len(answer) :] = True
-        return full, scored
+        return full, scored, pad
 
     def batch(self, problems: list[dict]) -> dict[str, np.ndarray]:
-        full, scored = zip(*(self.tokens(p) for p in problems), strict=True)
+        """inputs/targets/loss_mask (``_common.shift``), op, and with inert padding ``valid``
+        (bool [batch, seq_len]: input i is real iff i >= the example's padding length)."""
+        full, scored, pads = zip(*(self._layout(p) for p in problems), strict=True)
         batch = _common.shift(np.stack(full), np.stack(scored))
         batch["op"] = np.array([p["op"] for p in problems], dtype=np.int32)
+        if self.padding == "inert":
+            batch["valid"] = np.arange(self.seq_len)[None] >= np.array(pads)[:, None]
         return batch
 
     def sample(self, rng: np.random.Generator, batch_size: int, *, op=None) -> dict:
