@@ -51,6 +51,14 @@ window w. Then:
 (sleep windows fed, wake windows decoded token by token and closed without consolidation)
 and are the streaming counterparts of ``sleep.sequence_logits`` / ``sleep.sequence_loss``.
 
+Padding (a batch of left-padded variable-length examples, ``batch["valid"]``): a session made
+with ``init_state(..., padded=True)`` also records which of the window's tokens are real
+(``window_valid``) and how many real tokens came before the window (``valid_base``, for the
+learned position-table index, ``sleep.embed_positions``); ``feed`` and ``decode_step`` take a
+``valid`` mask (default: all real), and padded tokens are inert exactly as in training
+(sleep.py, "Variable-length examples"). Without ``padded`` both fields are None and the
+programs are the ones without padding support.
+
 Costs. ``decode_step`` is one wake pass for one token: its program does not contain
 ``consolidate`` and does not depend on N (a test compares its lowered HLO across N). All
 N-dependent work is in ``sleep``, which ``feed`` and ``generate`` call when a window fills.
@@ -97,6 +105,10 @@ class SessionState(NamedTuple):
     count: [] int32, tokens in the current window, 0..L (L only between a decode that fills
       the window and the sleep that must follow).
     position: [] int32, global position of the next token.
+    window_valid: [batch, L] bool, which of the window's tokens are real (False: padding;
+      zeros past ``count``); None for a session without padding.
+    valid_base: [batch] int32, real tokens before the current window (the position-table
+      index of the window's first real token); None without padding.
     """
 
     live: ModelState
@@ -104,6 +116,8 @@ class SessionState(NamedTuple):
     window_tokens: jax.Array
     count: jax.Array
     position: jax.Array
+    window_valid: jax.Array | None = None
+    valid_base: jax.Array | None = None
 
 
 def _check(model, spec) -> None:
@@ -114,8 +128,11 @@ def _check(model, spec) -> None:
         )
 
 
-def init_state(model, spec, batch: int) -> SessionState:
-    """Empty session (zero fast weights, empty KV caches of L slots) at position 0."""
+def init_state(model, spec, batch: int, *, padded: bool = False) -> SessionState:
+    """Empty session (zero fast weights, empty KV caches of L slots) at position 0.
+
+    padded: the stream may hold padded tokens (``feed`` / ``decode_step`` with ``valid``).
+    """
     _check(model, spec)
     # Two separate sets of buffers: the session donates its state to each call.
     return SessionState(
@@ -124,7 +141,18 @@ def init_state(model, spec, batch: int) -> SessionState:
         window_tokens=jnp.zeros((batch, spec.window), jnp.int32),
         count=jnp.zeros((), jnp.int32),
         position=jnp.zeros((), jnp.int32),
+        window_valid=jnp.zeros((batch, spec.window), bool) if padded else None,
+        valid_base=jnp.zeros((batch,), jnp.int32) if padded else None,
     )
+
+
+def _valid(state: SessionState, valid, shape) -> jax.Array | None:
+    """The validity mask of new tokens: None without padding, all real by default."""
+    if state.window_valid is None:
+        if valid is not None:
+            raise ValueError("valid= needs a session made with init_state(..., padded=True)")
+        return None
+    return jnp.ones(shape, bool) if valid is None else jnp.asarray(valid).astype(bool)
 
 
 def window_full(spec, state: SessionState) -> jax.Array:
@@ -143,13 +171,22 @@ def _one_token_model(model):
     return model.clone(config=dataclasses.replace(model.config, gdn_impl="recurrent"))
 
 
-def _advance(model, params, tokens, positions, state: ModelState) -> ModelState:
-    """Wake pass that only updates the state (the features and logits are not needed)."""
+def _advance(
+    model, params, tokens, positions, state: ModelState, valid=None, embed_pos=None
+) -> ModelState:
+    """Wake pass that only updates the state (the features and logits are not needed).
+    valid, embed_pos: [batch, time] padding mask and position-table indices, or None."""
     if tokens.shape[1] == 1:
         model = _one_token_model(model)
-    h = model.apply({"params": params}, tokens, positions, method="embed")
+    epos = positions if embed_pos is None else embed_pos
+    h = model.apply({"params": params}, tokens, epos, method="embed")
     layers = len(model.config.layers)
-    _, state = model.apply({"params": params}, h, state, positions, 0, layers, method="blocks")
+    if valid is None:
+        _, state = model.apply({"params": params}, h, state, positions, 0, layers, method="blocks")
+        return state
+    _, state = model.apply(
+        {"params": params}, h, state, positions, 0, layers, valid=valid, method="blocks"
+    )
     return state
 
 
@@ -170,33 +207,44 @@ def _cache_len(state: ModelState) -> int:
     return next((x.keys.shape[1] for x in state.layers if isinstance(x, KVCache)), 0)
 
 
-def _sleep_on(model, params, spec, start: ModelState, tokens, positions) -> ModelState:
+def _sleep_on(
+    model, params, spec, start: ModelState, tokens, positions, valid=None, embed_pos=None
+) -> ModelState:
     """Sleep on one window: N consolidation passes from the window-start state, then evict.
 
-    tokens [batch, time] (time <= L), positions [time] global. Under hard eviction the cache
+    tokens [batch, time] (time <= L), positions [time] global; valid, embed_pos: [batch,
+    time] padding mask and position-table indices, or None. Under hard eviction the cache
     at a window start is empty, so consolidation runs without one, as in training.
     """
     passes, loop_blocks = spec.passes, spec.loop_blocks
+    pad = {} if valid is None else dict(valid=valid, embed_pos=embed_pos)
     if spec.eviction == "hard":
         cache_len = _cache_len(start)
         start = _resize_caches(start, 0)
         state = sleep_lib.consolidate(
-            model, params, tokens, positions, start, passes, loop_blocks=loop_blocks
+            model, params, tokens, positions, start, passes, loop_blocks=loop_blocks, **pad
         )
         return _resize_caches(sleep_lib.evict(state, "hard"), cache_len)
     state = sleep_lib.consolidate(
-        model, params, tokens, positions, start, passes, loop_blocks=loop_blocks
+        model, params, tokens, positions, start, passes, loop_blocks=loop_blocks, **pad
     )
     return sleep_lib.evict(state, spec.eviction)
 
 
 def _new_window(state: SessionState, model_state: ModelState, count=0) -> SessionState:
+    padded = state.window_valid is not None
     return SessionState(
         live=model_state,
         window_start=model_state,
         window_tokens=jnp.zeros_like(state.window_tokens),
         count=jnp.asarray(count, jnp.int32),
         position=state.position,
+        window_valid=jnp.zeros_like(state.window_valid) if padded else None,
+        valid_base=(
+            state.valid_base + jnp.sum(state.window_valid, axis=1, dtype=jnp.int32)
+            if padded
+            else None
+        ),
     )
 
 
@@ -207,9 +255,10 @@ def _select(pred, a, b):
 # ------------------------------------------------------------------------ feeding
 
 
-def _feed(model, params, spec, state: SessionState, tokens: jax.Array) -> SessionState:
+def _feed(model, params, spec, state: SessionState, tokens: jax.Array, valid=None):
     _check(model, spec)
     batch, n = tokens.shape
+    valid = _valid(state, valid, tokens.shape)
     if n == 0:
         return state
     length = spec.window
@@ -224,13 +273,29 @@ def _feed(model, params, spec, state: SessionState, tokens: jax.Array) -> Sessio
     frame = jax.lax.dynamic_update_slice_in_dim(frame, tokens, count, axis=1)
     total = count + n
     filled = total // length  # windows that fill now (count <= L, so at most (L + n) // L)
+    padded = valid is not None
+    if padded:  # the same frame of validity bits, and each token's position-table index
+        vframe = jnp.zeros((batch, 2 * length + n), bool).at[:, :length].set(state.window_valid)
+        vframe = jax.lax.dynamic_update_slice_in_dim(vframe, valid, count, axis=1)
+        eframe = state.valid_base[:, None] + sleep_lib.embed_positions(vframe)
+
+    def padding(offset, size):
+        # offset: a thunk, so that without padding no op is traced for it
+        if not padded:
+            return {}
+        offset = offset()
+        return dict(
+            valid=jax.lax.dynamic_slice_in_dim(vframe, offset, size, axis=1),
+            embed_pos=jax.lax.dynamic_slice_in_dim(eframe, offset, size, axis=1),
+        )
 
     def sleep_window(start, i):
         toks = jax.lax.dynamic_slice_in_dim(frame, i * length, length, axis=1)
         pos = window_pos + i * length + jnp.arange(length, dtype=jnp.int32)
+        pad = padding(lambda: i * length, length)
         slept = jax.lax.cond(
             i < filled,
-            lambda s: _sleep_on(model, params, spec, s, toks, pos),
+            lambda s: _sleep_on(model, params, spec, s, toks, pos, **pad),
             lambda s: s,
             start,
         )
@@ -255,35 +320,53 @@ def _feed(model, params, spec, state: SessionState, tokens: jax.Array) -> Sessio
         def chunk(live, offset=offset, size=size):
             toks = jax.lax.dynamic_slice_in_dim(frame, offset, size, axis=1)
             pos = window_pos + offset + jnp.arange(size, dtype=jnp.int32)
-            return _advance(model, params, toks, pos, live)
+            return _advance(model, params, toks, pos, live, **padding(lambda: offset, size))
 
         take = (todo & size) != 0
         live = jax.lax.cond(take, chunk, lambda s: s, live)
         offset = offset + jnp.where(take, size, 0)
 
+    window_valid = valid_base = None
+    if padded:  # the open window's validity bits; real tokens before it
+        window_valid = jax.lax.dynamic_slice_in_dim(vframe, filled * length, length, axis=1)
+        valid_base = jax.lax.dynamic_slice_in_dim(eframe, filled * length, 1, axis=1)[:, 0]
     return SessionState(
         live=live,
         window_start=window_start,
         window_tokens=jax.lax.dynamic_slice_in_dim(frame, filled * length, length, axis=1),
         count=(total - filled * length).astype(jnp.int32),
         position=(position + n).astype(jnp.int32),
+        window_valid=window_valid,
+        valid_base=valid_base,
     )
 
 
-def _decode_step(model, params, spec, state: SessionState, token: jax.Array):
+def _decode_step(model, params, spec, state: SessionState, token: jax.Array, valid=None):
     _check(model, spec)
     token = token.astype(jnp.int32)
+    valid = _valid(state, valid, token.shape)
     pos = state.position[None]
-    logits, live = sleep_lib.wake(_one_token_model(model), params, token[:, None], pos, state.live)
+    pad = {}
+    if valid is not None:
+        epos = state.valid_base + jnp.sum(state.window_valid, axis=1, dtype=jnp.int32)
+        pad = dict(valid=valid[:, None], embed_pos=epos[:, None])
+    logits, live = sleep_lib.wake(
+        _one_token_model(model), params, token[:, None], pos, state.live, **pad
+    )
     full = state.count >= spec.window
     logits = jnp.where(full, jnp.nan, logits[:, 0])
     window_tokens = state.window_tokens.at[:, state.count].set(token, mode="drop")
+    window_valid = state.window_valid
+    if valid is not None:
+        window_valid = window_valid.at[:, state.count].set(valid, mode="drop")
     new = SessionState(
         live=live,
         window_start=state.window_start,
         window_tokens=window_tokens,
         count=jnp.minimum(state.count + 1, spec.window).astype(jnp.int32),
         position=state.position + 1,
+        window_valid=window_valid,
+        valid_base=state.valid_base,
     )
     # On a full window the token is refused: the state stays exactly as it was, so a
     # following sleep consolidates the window at its true positions.
@@ -297,8 +380,13 @@ def _sleep_now(model, params, spec, state: SessionState, length: int, consolidat
     # The window's first token sits at position - count: each token keeps its own position
     # (``sleep`` refuses a length other than count; under jit that is the caller's promise).
     positions = state.position - state.count + jnp.arange(length, dtype=jnp.int32)
+    pad = {}
+    if state.window_valid is not None:
+        valid = state.window_valid[:, :length]
+        epos = state.valid_base[:, None] + sleep_lib.embed_positions(valid)
+        pad = dict(valid=valid, embed_pos=epos)
     if consolidate:
-        model_state = _sleep_on(model, params, spec, state.window_start, tokens, positions)
+        model_state = _sleep_on(model, params, spec, state.window_start, tokens, positions, **pad)
     else:
         model_state = sleep_lib.evict(state.live, spec.eviction)
     return _new_window(state, model_state)
@@ -332,22 +420,26 @@ def _generate(model, params, spec, state, logits, rng, steps: int, temperature: 
 _STATIC = ("model", "spec")
 
 feed = jax.jit(_feed, static_argnames=_STATIC)
-feed.__doc__ = """feed(model, params, spec, state, tokens [batch, n] int) -> SessionState.
+feed.__doc__ = """feed(model, params, spec, state, tokens [batch, n] int, valid=None)
+-> SessionState.
 
 Appends n tokens (any n >= 0) to the stream. Every window that fills is slept on at once
 (N passes of ``sleep.consolidate`` from its start state, then eviction); the tokens of the
 window left open get their wake pass, so the next ``decode_step`` sees them. A state that
 arrives with a full window is slept on first. Feeding a sequence in pieces of any sizes gives
 the same state as feeding it whole (to float rounding). Compiled once per n.
+valid: [batch, n] bool, False at padded tokens (a session from ``init_state(...,
+padded=True)``; default all real).
 """
 
 decode_step = jax.jit(_decode_step, static_argnames=_STATIC)
-decode_step.__doc__ = """decode_step(model, params, spec, state, token [batch] int)
--> (logits [batch, vocab] float32, SessionState).
+decode_step.__doc__ = """decode_step(model, params, spec, state, token [batch] int,
+valid=None) -> (logits [batch, vocab] float32, SessionState).
 
 One wake pass for one token at ``state.position``: the logits predict the next token. Never
 sleeps, so its cost does not depend on N. The window must not be full (``window_full``):
-then the logits are NaN and the state is returned unchanged; sleep first.
+then the logits are NaN and the state is returned unchanged; sleep first. valid: [batch]
+bool, as for ``feed``.
 """
 
 
@@ -401,24 +493,37 @@ def generate(model, params, spec, state, logits, rng, *, steps: int, temperature
 # ------------------------------------------------------------- Algorithm 1, streamed
 
 
-def _decode_tokens(model, params, spec, state, tokens):
-    """decode_step over tokens [batch, time] in order: ([batch, time, vocab], state)."""
+def _decode_tokens(model, params, spec, state, tokens, valid=None):
+    """decode_step over tokens [batch, time] (and their valid mask) in order:
+    ([batch, time, vocab], state)."""
+    if valid is None:
 
-    def step(state, token):
-        logits, state = decode_step(model, params, spec, state, token)
+        def step(state, token):
+            logits, state = decode_step(model, params, spec, state, token)
+            return state, logits
+
+        state, logits = jax.lax.scan(step, state, jnp.swapaxes(tokens, 0, 1))
+        return jnp.swapaxes(logits, 0, 1), state
+
+    def padded_step(state, xs):
+        logits, state = decode_step(model, params, spec, state, *xs)
         return state, logits
 
-    state, logits = jax.lax.scan(step, state, jnp.swapaxes(tokens, 0, 1))
+    xs = (jnp.swapaxes(tokens, 0, 1), jnp.swapaxes(valid, 0, 1))
+    state, logits = jax.lax.scan(padded_step, state, xs)
     return jnp.swapaxes(logits, 0, 1), state
 
 
-def streaming_logits(model, params, tokens: jax.Array, spec) -> tuple[jax.Array, SessionState]:
+def streaming_logits(
+    model, params, tokens: jax.Array, spec, valid=None
+) -> tuple[jax.Array, SessionState]:
     """Algorithm 1 through the streaming path: ([batch, time, vocab] float32, final state).
 
     Sleep windows of ``spec.schedule`` are fed (they fill and sleep; a short last one is
     slept on explicitly); wake windows are decoded token by token and then closed without
     consolidation, as Algorithm 1 does. Sleep windows get zero logits, like
-    ``sleep.sequence_logits``, which this equals at every wake position.
+    ``sleep.sequence_logits``, which this equals at every wake position. ``valid`` [batch,
+    time] bool: real tokens of a padded batch (None: all).
     """
     batch, seq_len = tokens.shape
     bounds = sleep_lib.window_bounds(seq_len, spec.window)
@@ -428,7 +533,14 @@ def streaming_logits(model, params, tokens: jax.Array, spec) -> tuple[jax.Array,
             f"tokens with window {spec.window} has {len(bounds)}"
         )
     tokens = jnp.asarray(tokens, jnp.int32)
-    state = init_state(model, spec, batch)
+    padded = valid is not None
+    state = init_state(model, spec, batch, padded=padded)
+    if padded:
+        valid = jnp.asarray(valid).astype(bool)
+
+    def part(begin, end):  # the valid mask of tokens [begin, end), if any
+        return (valid[:, begin:end],) if padded else ()
+
     pieces = []
     sleep_from = None  # first position of a run of sleep windows not yet fed
     for (begin, length), is_wake in zip(bounds, spec.schedule, strict=True):
@@ -440,7 +552,9 @@ def streaming_logits(model, params, tokens: jax.Array, spec) -> tuple[jax.Array,
         else:
             end = begin
         if sleep_from is not None:  # feed the run of sleep windows [sleep_from, end)
-            state = feed(model, params, spec, state, tokens[:, sleep_from:end])
+            state = feed(
+                model, params, spec, state, tokens[:, sleep_from:end], *part(sleep_from, end)
+            )
             pieces.append(jnp.zeros((batch, end - sleep_from, model.vocab_size), jnp.float32))
             partial = (end - sleep_from) % spec.window
             if partial:  # a short last window never fills: sleep on it explicitly
@@ -448,7 +562,12 @@ def streaming_logits(model, params, tokens: jax.Array, spec) -> tuple[jax.Array,
             sleep_from = None
         if is_wake:
             logits, state = _decode_tokens(
-                model, params, spec, state, tokens[:, begin : begin + length]
+                model,
+                params,
+                spec,
+                state,
+                tokens[:, begin : begin + length],
+                *part(begin, begin + length),
             )
             pieces.append(logits)
             state = sleep(model, params, spec, state, length=length, consolidate=False)
@@ -458,12 +577,13 @@ def streaming_logits(model, params, tokens: jax.Array, spec) -> tuple[jax.Array,
 def streaming_loss(model, params, batch: dict, spec) -> tuple[jax.Array, dict]:
     """``sleep.sequence_loss`` through the streaming path (no gradients intended).
 
-    Same batch format and the same metrics ("loss", "token_accuracy", "accuracy"), computed
-    from ``streaming_logits``.
+    Same batch format (``valid`` included) and the same metrics ("loss", "token_accuracy",
+    "accuracy"), computed from ``streaming_logits``.
     """
     targets = jnp.asarray(batch["targets"], jnp.int32)
     mask = jnp.asarray(batch["loss_mask"]).astype(bool)
-    logits, _ = streaming_logits(model, params, jnp.asarray(batch["inputs"]), spec)
+    inputs = jnp.asarray(batch["inputs"])
+    logits, _ = streaming_logits(model, params, inputs, spec, valid=batch.get("valid"))
     logp = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     right = jnp.argmax(logits, axis=-1) == targets

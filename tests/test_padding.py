@@ -212,3 +212,118 @@ def test_a_loss_position_in_a_sleep_window_is_an_error(tmp_path):
     with pytest.raises(ValueError, match=r"example 3 has a loss position at 2, in window 0"):
         loop.train(tiny_config(), tmp_path, components)
     assert components.task.calls == 2
+
+
+def _pretrained(family):
+    """Tiny random Qwen2 (Jet, sliding-window and full attention layers) or Ouro (two layers
+    looped twice, one inserted Jet layer that is not the identity) with the same stages."""
+    if family == "qwen2":
+        from sleep_lm.model.qwen2 import Qwen2Config, build_qwen2
+
+        cfg = Qwen2Config(
+            vocab_size=VOCAB,
+            width=16,
+            intermediate=24,
+            heads=4,
+            kv_heads=2,
+            head_dim=4,
+            layers=("jet", "swa", "attn"),
+            sliding_window=3,
+            rope_theta=10_000.0,
+            jet_heads=2,
+            jet_key_head_dim=4,
+            jet_value_head_dim=8,
+            jet_conv_size=3,
+            jet_generator_reduction=4,
+            chunk_size=2,
+        )
+        return build_qwen2(cfg, window=L)
+    from sleep_lm.model.ouro import OuroConfig, OuroLM
+
+    cfg = OuroConfig(
+        vocab_size=VOCAB,
+        width=16,
+        intermediate_size=24,
+        num_layers=2,
+        heads=2,
+        kv_heads=2,
+        head_dim=8,
+        rope_theta=10_000.0,
+        total_ut_steps=2,
+        jet_positions=(1,),
+        jet_heads=2,
+        jet_key_head_dim=4,
+        jet_value_head_dim=8,
+        jet_conv_size=3,
+        jet_generator_reduction=4,
+        jet_identity_init=False,
+        chunk_size=2,
+    )
+    return OuroLM(cfg, window=L)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "ouro"])
+def test_pretrained_families_pad_inertly(family):
+    """The same check for the pretrained families' own attention (RoPE, grouped heads,
+    sliding-window layers) and Jet layers; N = 2, sliding eviction."""
+    model = _pretrained(family)
+    params = random_params(model)
+    tokens, valid = padded_batch()
+    spec = spec_for(T, 2, "sliding")
+    padded = jit(lambda p, t, v: sleep.sequence_logits(model, p, t, spec, v)[0])(
+        params, tokens, valid
+    )
+    pad = PADS[1]
+    short = spec_for(T - pad, 2, "sliding")
+    want = jit(lambda p, t: sleep.sequence_logits(model, p, t, short)[0])(params, tokens[1:2, pad:])
+    err = relative_error(padded[1, -L:], want[0, -L:])
+    assert err < RTOL, f"row 1 (whole-window padding): relative error {err:.2e}"
+    pad = PADS[2]
+    want = jit(lambda p, t: by_hand(model, p, t, pad, 2, "sliding"))(params, tokens[2:3, pad:])
+    err = relative_error(padded[2, -L:], want[0, -L:])
+    assert err < RTOL, f"row 2 (padding inside a window): relative error {err:.2e}"
+
+
+def test_streaming_pads_like_training():
+    """inference.streaming_logits with ``valid`` (feed for the sleep windows, decode_step
+    token by token in the wake window, a padded session state) equals Algorithm 1's padded
+    logits on the answer window; learned positions, so the position-table index that the
+    session tracks across windows (``valid_base``) is exercised. N = 2, sliding eviction."""
+    from sleep_lm import inference
+
+    model = make_model("learned")
+    params = random_params(model)
+    tokens, valid = padded_batch()
+    spec = spec_for(T, 2, "sliding")
+    want = jit(lambda p, t, v: sleep.sequence_logits(model, p, t, spec, v)[0])(
+        params, tokens, valid
+    )
+    got, _ = inference.streaming_logits(model, params, jnp.asarray(tokens), spec, valid=valid)
+    for row in range(len(PADS)):
+        err = relative_error(got[row, -L:], want[row, -L:])
+        assert err < RTOL, f"row {row}: streaming vs training, relative error {err:.2e}"
+
+
+def test_gsm_infinite_batches_carry_the_padding_mask():
+    """GSM-Infinite left-pads every example (the answer ends the sequence) and marks the
+    padding in ``valid``; ``padding="filler"`` is the earlier layout (same tokens, no mask)."""
+    from sleep_lm.tasks import get_task
+
+    cfg = {"name": "gsm_infinite", "seq_len": 384, "min_op": 1, "max_op": 2}
+    task = get_task(cfg)
+    batch = task.sample(np.random.default_rng(0), 4)
+    valid = batch["valid"]
+    assert valid.shape == batch["inputs"].shape and valid.dtype == bool
+    pads = (~valid).sum(axis=1)
+    for row, pad in enumerate(pads):
+        assert valid[row, pad:].all()  # left padding: one run of padding, then real tokens
+        assert (batch["inputs"][row, :pad] == task.tokenizer.filler_id).all()
+        assert not batch["loss_mask"][row, :pad].any()
+        # the first real token starts the question (the prompt is not cut)
+        assert task.render(batch["inputs"][row, pad:]).startswith(("If ", "What "))
+    assert len(set(pads.tolist())) > 1  # the examples have different lengths
+    filler = get_task({**cfg, "padding": "filler"}).sample(np.random.default_rng(0), 4)
+    assert "valid" not in filler
+    np.testing.assert_array_equal(filler["inputs"], batch["inputs"])
+    with pytest.raises(ValueError, match=r"^task\.padding: allowed 'inert', 'filler', got 'x'$"):
+        get_task({**cfg, "padding": "x"})

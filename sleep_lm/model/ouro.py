@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model import state as state_lib
-from sleep_lm.model.attention import attention_mask, write_cache
+from sleep_lm.model.attention import attention_mask, key_positions, write_cache
 from sleep_lm.model.positions import rotary
 from sleep_lm.model.state import KVCache, ModelState, constrain
 from sleep_lm.ops import PRECISIONS
@@ -251,8 +251,11 @@ class OuroAttention(nn.Module):
     window: int
 
     @nn.compact
-    def __call__(self, x: jax.Array, cache: KVCache, positions: jax.Array):
-        """x [batch, time, width], positions [time] global -> (y, new cache)."""
+    def __call__(
+        self, x: jax.Array, cache: KVCache, positions: jax.Array, valid: jax.Array | None = None
+    ):
+        """x [batch, time, width], positions [time] global, valid [batch, time] bool or None
+        (padded keys are never attended to, as in attention.py) -> (y, new cache)."""
         cfg = self.config
         batch, time, _ = x.shape
         heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -263,7 +266,7 @@ class OuroAttention(nn.Module):
         q = rotary(q, positions, base=cfg.rope_theta)
         k = rotary(k, positions, base=cfg.rope_theta)
 
-        cur = jnp.broadcast_to(positions.astype(jnp.int32), (batch, time))
+        cur = key_positions(positions, batch, valid)
         if cache.keys.shape[1]:
             keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
             values = jnp.concatenate([cache.values, v.astype(cache.values.dtype)], axis=1)
@@ -282,7 +285,7 @@ class OuroAttention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(cfg.compute_dtype))
         y = _dense(cfg, cfg.width, "o_proj")(out.reshape(batch, time, heads * dim))
-        return y, constrain(write_cache(cache, k, v, positions))
+        return y, constrain(write_cache(cache, k, v, positions, valid))
 
 
 class OuroMLP(nn.Module):
@@ -303,10 +306,10 @@ class OuroLayer(nn.Module):
     window: int
 
     @nn.compact
-    def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array):
+    def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array, valid=None):
         cfg = self.config
         y, cache = OuroAttention(cfg, self.window, name="self_attn")(
-            _norm(cfg, "input_layernorm")(h), cache, positions
+            _norm(cfg, "input_layernorm")(h), cache, positions, valid
         )
         h = h + _norm(cfg, "input_layernorm_2")(y)
         y = OuroMLP(cfg, name="mlp")(_norm(cfg, "post_attention_layernorm")(h))
@@ -320,12 +323,12 @@ class JetLayer(nn.Module):
     config: OuroConfig
 
     @nn.compact
-    def __call__(self, h: jax.Array, layer_state, positions: jax.Array):
+    def __call__(self, h: jax.Array, layer_state, positions: jax.Array, valid=None):
         from sleep_lm.model.jet import JetBlock  # jet.py is only needed with Jet layers
 
         cfg = self.config
         y, layer_state = JetBlock(cfg.jet_config(), name="self_attn")(
-            _norm(cfg, "input_layernorm")(h), layer_state, positions
+            _norm(cfg, "input_layernorm")(h), layer_state, positions, valid
         )
         return nn.with_logical_constraint(h + y, ("batch", None, None)), layer_state
 
@@ -357,12 +360,13 @@ class OuroModel(nn.Module):
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embed_tokens(tokens)
 
-    def unit(self, u: int, h: jax.Array, layer_state, positions: jax.Array):
-        """Runs unit u (Python int): its stack layer, then model.norm if it closes a loop."""
+    def unit(self, u: int, h: jax.Array, layer_state, positions: jax.Array, valid=None):
+        """Runs unit u (Python int): its stack layer, then model.norm if it closes a loop.
+        ``valid`` [batch, time] bool: False at padded tokens, which are inert (None: all)."""
         stack = self.config.stack
         kind, index = stack[u % len(stack)]
         layer = self.layers[index] if kind == "attn" else self.jet_layers[index]
-        h, layer_state = layer(h, layer_state, positions)
+        h, layer_state = layer(h, layer_state, positions, valid)
         if u % len(stack) == len(stack) - 1:
             h = self.norm(h)
         return h, layer_state
@@ -406,9 +410,16 @@ class OuroLM(nn.Module):
         return self.model.embed(tokens)
 
     def blocks(
-        self, h: jax.Array, state: ModelState, positions: jax.Array, start: int, stop: int
+        self,
+        h: jax.Array,
+        state: ModelState,
+        positions: jax.Array,
+        start: int,
+        stop: int,
+        valid: jax.Array | None = None,
     ) -> tuple[jax.Array, ModelState]:
         """Runs units start..stop-1 (Python ints) once; other units' states pass through.
+        ``valid`` [batch, time] bool: False at padded tokens, which are inert (None: all).
 
         Two or more complete loops inside the range run as one ``nn.scan`` over loops (the
         parameters are shared, the loops' states stacked), so the program holds one copy of
@@ -421,7 +432,7 @@ class OuroLM(nn.Module):
             first = last = start // size  # unrolled (init creates the parameters)
         ranges = (range(start, min(stop, first * size)), range(max(start, last * size), stop))
         for u in ranges[0]:
-            h, layers[u] = self.model.unit(u, h, layers[u], positions)
+            h, layers[u] = self.model.unit(u, h, layers[u], positions, valid)
         if last > first:
             per_loop = [tuple(layers[i * size : (i + 1) * size]) for i in range(first, last)]
             stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *per_loop)
@@ -429,7 +440,7 @@ class OuroLM(nn.Module):
             def one_loop(mdl, h, loop_states):
                 new = []
                 for i, layer_state in enumerate(loop_states):
-                    h, layer_state = mdl.model.unit(i, h, layer_state, positions)
+                    h, layer_state = mdl.model.unit(i, h, layer_state, positions, valid)
                     new.append(layer_state)
                 return h, tuple(new)
 
@@ -444,7 +455,7 @@ class OuroLM(nn.Module):
                 loop_states = jax.tree.map(lambda x, n=n: x[n], stacked)
                 layers[i * size : (i + 1) * size] = list(loop_states)
         for u in ranges[1]:
-            h, layers[u] = self.model.unit(u, h, layers[u], positions)
+            h, layers[u] = self.model.unit(u, h, layers[u], positions, valid)
         return h, ModelState(layers=tuple(layers))
 
     def head(self, h: jax.Array) -> jax.Array:

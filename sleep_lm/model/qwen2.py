@@ -37,7 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleep_lm.model.attention import attention_mask, write_cache
+from sleep_lm.model.attention import attention_mask, key_positions, write_cache
 from sleep_lm.model.config import DTYPES, GDN_IMPLS
 from sleep_lm.model.positions import rotary
 from sleep_lm.model.state import KVCache, ModelState, constrain, empty_cache
@@ -176,9 +176,10 @@ class Qwen2Attention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, cache: KVCache, positions: jax.Array
+        self, x: jax.Array, cache: KVCache, positions: jax.Array, valid: jax.Array | None = None
     ) -> tuple[jax.Array, KVCache]:
-        """x: [batch, time, width]; positions: [time] global. Returns (y, new cache)."""
+        """x: [batch, time, width]; positions: [time] global; valid: [batch, time] bool or
+        None (padded keys are never attended to, as in attention.py). Returns (y, new cache)."""
         cfg = self.config
         batch, time, _ = x.shape
         heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -188,7 +189,7 @@ class Qwen2Attention(nn.Module):
         q = rotary(q, positions, base=cfg.rope_theta)
         k = rotary(k, positions, base=cfg.rope_theta)
 
-        cur = jnp.broadcast_to(positions.astype(jnp.int32), (batch, time))
+        cur = key_positions(positions, batch, valid)
         if cache.keys.shape[1]:
             keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
             values = jnp.concatenate([cache.values, v.astype(cache.values.dtype)], axis=1)
@@ -209,7 +210,7 @@ class Qwen2Attention(nn.Module):
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(cfg.compute_dtype))
         y = _dense(cfg, cfg.width, "o_proj")(out.reshape(batch, time, heads * dim))
-        return y, constrain(write_cache(cache, k, v, positions))
+        return y, constrain(write_cache(cache, k, v, positions, valid))
 
 
 class Qwen2MLP(nn.Module):
@@ -231,14 +232,15 @@ def _norm(cfg: Qwen2Config, name: str) -> nn.RMSNorm:
 
 
 class Qwen2DecoderLayer(nn.Module):
-    """``__call__(h, layer_state, positions) -> (h, new_state)``; see the module docstring."""
+    """``__call__(h, layer_state, positions, valid=None) -> (h, new_state)``; see the module
+    docstring (``valid``: [batch, time] bool, False at padded tokens, which are inert)."""
 
     config: Qwen2Config
     kind: str
     window: int
 
     @nn.compact
-    def __call__(self, h: jax.Array, layer_state, positions: jax.Array):
+    def __call__(self, h: jax.Array, layer_state, positions: jax.Array, valid=None):
         cfg = self.config
         if self.kind == "attn":
             mixer = Qwen2Attention(cfg, self.window, name="self_attn")
@@ -248,7 +250,7 @@ class Qwen2DecoderLayer(nn.Module):
             from sleep_lm.model.jet import JetBlock
 
             mixer = JetBlock(cfg.jet_config(), name="self_attn")
-        y, layer_state = mixer(_norm(cfg, "input_layernorm")(h), layer_state, positions)
+        y, layer_state = mixer(_norm(cfg, "input_layernorm")(h), layer_state, positions, valid)
         h = h + y
         h = h + Qwen2MLP(cfg, name="mlp")(_norm(cfg, "post_attention_layernorm")(h))
         h = nn.with_logical_constraint(h, ("batch", None, None))
@@ -278,10 +280,10 @@ class Qwen2Model(nn.Module):
     def embed(self, tokens: jax.Array) -> jax.Array:
         return self.embed_tokens(tokens)
 
-    def run(self, h, state: ModelState, positions, start: int, stop: int):
+    def run(self, h, state: ModelState, positions, start: int, stop: int, valid=None):
         layers = list(state.layers)
         for i in range(start, stop):
-            h, layers[i] = self.layers[i](h, layers[i], positions)
+            h, layers[i] = self.layers[i](h, layers[i], positions, valid)
         return h, ModelState(layers=tuple(layers))
 
     def final(self, h: jax.Array) -> jax.Array:
@@ -323,10 +325,17 @@ class Qwen2LM(nn.Module):
         return self.model.embed(tokens)
 
     def blocks(
-        self, h: jax.Array, state: ModelState, positions: jax.Array, start: int, stop: int
+        self,
+        h: jax.Array,
+        state: ModelState,
+        positions: jax.Array,
+        start: int,
+        stop: int,
+        valid: jax.Array | None = None,
     ) -> tuple[jax.Array, ModelState]:
-        """Runs layers start..stop-1 once; other layers' states pass through."""
-        return self.model.run(h, state, positions, start, stop)
+        """Runs layers start..stop-1 once; other layers' states pass through. ``valid``
+        [batch, time] bool: False at padded tokens, which are inert (None: all real)."""
+        return self.model.run(h, state, positions, start, stop, valid)
 
     def head(self, h: jax.Array) -> jax.Array:
         """h [batch, time, width] -> logits [batch, time, vocab] float32."""
