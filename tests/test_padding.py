@@ -120,7 +120,8 @@ def relative_error(got, want):
         ("rope", 1, "hard"),
         ("rope", 2, "hard"),
         ("rope", 1, "sliding"),
-        ("rope", 2, "sliding"),
+        # N = 2 with sliding eviction: here with learned positions (the position-table
+        # index of padded examples); with RoPE in test_pretrained_families_pad_inertly.
         ("learned", 2, "sliding"),
     ],
 )
