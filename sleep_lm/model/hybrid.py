@@ -7,6 +7,8 @@ loop a contiguous slice of blocks N times (eq. 6), and read out only wake window
     h, state = model.apply({"params": p}, h, state, positions, start, stop, method=model.blocks)
     logits = model.apply({"params": p}, h, method=model.head)
 
+``blocks`` also takes ``valid=`` ([batch, time] bool, False at padded tokens; default None =
+all real): padded tokens are inert in every layer (sleep.py, "Variable-length examples").
 Everything is pure: state goes in and comes out; there are no mutable collections.
 Parameter names (for optimiser routing): ``token_embed``, ``position_embed`` (learned
 positions only), ``block_{i}/{mixer_norm,mixer,mlp_norm,mlp}``, ``final_norm``,
