@@ -59,12 +59,16 @@ Both: problems with 1-8 operations in 3,300 tokens (the paper's longest; the tas
 prompt with distractors to task.seq_len), held out 200 per op (1,600), global batch 256, Muon
 lr 1e-3 for the weight matrices + AdamW lr 5e-5 for the rest (the paper's fine-tuning
 values), compute in bfloat16 (parameters and optimiser state float32), every device on the
-`fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch 256
-and eval_size 200 must be multiples of the device count: 1, 2, 4 or 8 devices). The trainer
-has no gradient accumulation: the whole global batch is one step. Open choices, ours: 1000
-steps, a 20-step warm-up then constant rates, clipping 1.0, no weight decay. Warming a
-sliding run up from a hard-eviction run (init.from_checkpoint) is not possible yet for a
-pretrained family: it needs init.from_hf for the architecture, and init takes one source.
+`fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch and
+eval_size must be multiples of the device count), `sleep.remat=pass`. Memory
+(benchmarks/RESULTS.md, "Memory plan", XLA:CPU buffer assignment): 50-73 GiB of
+temporaries per example, so one example per 80-141 GB device; the trainer has no gradient
+accumulation (the whole global batch is one step), so batch 256 takes 256 devices (with
+--config.train.eval_size=256, a multiple of them), and one 8-GPU node runs
+--config.train.batch_size=8. Open choices, ours: 1000 steps, a 20-step warm-up then
+constant rates, clipping 1.0, no weight decay. Warming a sliding run up from a hard-eviction
+run (init.from_checkpoint) is not possible yet for a pretrained family: it needs
+init.from_hf for the architecture, and init takes one source.
 
 `tiny` (`tiny_jet`): the same pretrained path on a CPU in seconds, from a tiny random
 checkpoint that a command writes (no download; sleep_lm/pretrained/tiny.py): Ouro (2 layers
@@ -143,12 +147,14 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.sleep.window = 2000
     config.sleep.eviction = "hard"
     # The most memory-saving remat mode for N > 1 (sleep.py docstring): only each pass's
-    # inputs are kept. benchmarks/RESULTS.md's memory plan (benchmarks/pretrained_memory.py)
-    # sets the remat / mesh defaults of these presets.
+    # inputs are kept; the mode of benchmarks/RESULTS.md's memory plan for these presets
+    # (benchmarks/pretrained_memory.py: 54-87 GiB per device at one example per device).
     config.sleep.remat = "pass"
     config.sleep.loop_blocks = "all"
     config.train.steps = 1000  # the paper does not give its fine-tuning length
-    config.train.batch_size = 256  # global batch; no gradient accumulation in the trainer
+    # The paper's global batch. No gradient accumulation in the trainer: at one example per
+    # device (memory plan) this needs 256 devices; lower it to the device count otherwise.
+    config.train.batch_size = 256
     config.train.optimizer = "muon"
     config.train.lr = 1e-3  # Muon, the paper's fine-tuning value (tuned at N = 1)
     config.train.adam_lr = 5e-5  # AdamW group (embeddings, head, norms, gates), the paper's
