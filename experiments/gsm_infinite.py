@@ -62,10 +62,11 @@ values), compute in bfloat16 (parameters and optimiser state float32), every dev
 `fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch and
 eval_size must be multiples of the device count), `sleep.remat=pass`. Memory
 (benchmarks/RESULTS.md, "Memory plan", XLA:CPU buffer assignment): 50-73 GiB of
-temporaries per example, so one example per 80-141 GB device; the trainer has no gradient
-accumulation (the whole global batch is one step), so batch 256 takes 256 devices (with
---config.train.eval_size=256, a multiple of them), and one 8-GPU node runs
---config.train.batch_size=8. Open choices, ours: 1000 steps, a 20-step warm-up then
+temporaries per example for ouro_sliding and jet, so one example per 80-141 GB device (ouro
+at L = 2000: 169-216 GiB, no current chip without a sequence split); the global batch of 256 is
+accumulated over train.microbatches = 32 slices (one example per device per slice on 8
+devices; --config.train.microbatches=256/n on n devices, and eval steps take one slice).
+Open choices, ours: 1000 steps, a 20-step warm-up then
 constant rates, clipping 1.0, no weight decay. Warming a sliding run up from a hard-eviction
 run (init.from_checkpoint) is not possible yet for a pretrained family: it needs
 init.from_hf for the architecture, and init takes one source.
@@ -152,9 +153,11 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.sleep.remat = "pass"
     config.sleep.loop_blocks = "all"
     config.train.steps = 1000  # the paper does not give its fine-tuning length
-    # The paper's global batch. No gradient accumulation in the trainer: at one example per
-    # device (memory plan) this needs 256 devices; lower it to the device count otherwise.
+    # The paper's global batch, accumulated over 32 microbatches: one example per device
+    # per microbatch on 8 devices (memory plan: one example per 80-141 GB device). On n
+    # devices use --config.train.microbatches=256/n (256 devices: 1).
     config.train.batch_size = 256
+    config.train.microbatches = 32
     config.train.optimizer = "muon"
     config.train.lr = 1e-3  # Muon, the paper's fine-tuning value (tuned at N = 1)
     config.train.adam_lr = 5e-5  # AdamW group (embeddings, head, norms, gates), the paper's
@@ -253,6 +256,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train = config_dict.ConfigDict()
     config.train.steps = 600
     config.train.batch_size = 16
+    config.train.microbatches = 1  # gradient accumulation slices (the fine-tunes: 32)
     config.train.optimizer = "muon"
     config.train.lr = 1e-2
     config.train.adam_lr = 3e-3

@@ -95,6 +95,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.schedule = "cosine"  # warm-up, then cosine to min_lr_ratio (or "constant").
     config.train.warmup_steps = 1000
     config.train.min_lr_ratio = 0.1
+    # Gradient accumulation: the batch runs as this many equal slices one after another
+    # (same update, one slice's activations in memory; eval steps take one slice).
+    config.train.microbatches = 1
     config.train.grad_clip = 1.0  # global norm; 0 disables.
     config.train.weight_decay = 0.0  # decoupled, Muon group only.
     config.train.log_every = 100

@@ -266,6 +266,14 @@ def _validate_train(config) -> None:
     _float(config, "train.weight_decay", 0.0)
     for field in ("log_every", "eval_every", "eval_size", "checkpoint_every", "keep_checkpoints"):
         _int(config, f"train.{field}", 1)
+    # Optional (default 1): gradient accumulation over equal slices of the batch.
+    if "microbatches" in config.train:
+        micro = _int(config, "train.microbatches", 1)
+        batch = config.train.batch_size
+        if batch % micro:
+            raise ConfigError(
+                f"config.train.microbatches={micro} must divide train.batch_size={batch}"
+            )
     # Optional (default on): TensorBoard event files in the workdir.
     tensorboard = config.train.get("tensorboard", True)
     if not isinstance(tensorboard, bool):
@@ -303,6 +311,7 @@ RESUMABLE_FIELDS = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.tensorboard",
+    "train.microbatches",  # gradient accumulation: the same update, another memory layout
     "task.eval_steps",
     "task.eval_hops",
     "mesh.",
@@ -475,6 +484,13 @@ def validate_mesh(config: config_dict.ConfigDict, num_devices: int) -> dict[str,
                 f"config.train.{field}={value} must be a multiple of the batch axes "
                 f"{axes_text('batch')} (mesh.rules.batch)"
             )
+    micro = config.train.get("microbatches", 1)
+    if (config.train.batch_size // micro) % shards:
+        raise ConfigError(
+            f"config.train.microbatches={micro}: each microbatch of "
+            f"{config.train.batch_size // micro} rows must be a multiple of the batch axes "
+            f"{axes_text('batch')} (mesh.rules.batch)"
+        )
     heads = _int(config, "model.heads", 1)
     if heads % parallel.axes_size(sizes, rules["heads"]):
         raise ConfigError(

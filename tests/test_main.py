@@ -80,6 +80,8 @@ def test_config_arguments():
         ("train.schedule", "linear", "config.train.schedule must be one of"),
         ("train.adam_patterns", "embed,(", "config.train.adam_patterns: bad regex '('"),
         ("train.eval_every", 0, "config.train.eval_every must be >= 1 (got 0)"),
+        ("train.microbatches", 0, "config.train.microbatches must be >= 1 (got 0)"),
+        ("train.microbatches", 3, "config.train.microbatches=3 must divide train.batch_size=64"),
         ("seed", -1, "config.seed must be >= 0 (got -1)"),
     ],
 )

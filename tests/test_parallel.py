@@ -167,6 +167,14 @@ def test_unknown_and_missing_logical_axes():
         parallel.parse_rules(rules)
 
 
+def test_microbatches_must_split_over_the_batch_axes():
+    config = get_config("smoke")  # batch 64
+    config.train.microbatches = 32  # 2 rows per microbatch
+    assert config_lib.validate_mesh(config, 2)["data"] == 2
+    with pytest.raises(config_lib.ConfigError, match=r"^config.train.microbatches=32: each "):
+        config_lib.validate_mesh(config, 4)
+
+
 def test_configs_without_mesh_get_the_defaults():
     config = get_config("smoke")
     del config["mesh"]

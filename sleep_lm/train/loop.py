@@ -181,11 +181,81 @@ def check_batch(components: Components, batch: dict) -> dict:
     return batch
 
 
-def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation):
-    """(state, batch) -> (state, metrics); jit it with the state donated."""
+def split_microbatches(batch: dict, microbatches: int) -> dict:
+    """[batch, ...] leaves -> [microbatches, batch / microbatches, ...]: microbatch j holds
+    rows j, j + k, j + 2k, ... (k = microbatches), so each device's contiguous shard of the
+    batch axis stays a contiguous shard of every microbatch (no data moves between devices)."""
+
+    def split(x):
+        x = jnp.asarray(x)
+        rows = x.shape[0] // microbatches
+        return jnp.swapaxes(x.reshape(rows, microbatches, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def accumulated_value_and_grad(loss_fn: LossFn, params, batch: dict, microbatches: int):
+    """``jax.value_and_grad(loss_fn, has_aux=True)(params, batch)`` computed over
+    `microbatches` equal slices of the batch one after another (``lax.scan``), so only one
+    slice's activations are live at a time (gradient accumulation).
+
+    The loss is a mean over loss positions (``batch["loss_mask"]``), so each slice's loss,
+    gradient and token accuracy are weighted by its number of loss positions, and its
+    example accuracy by its number of examples with a loss position: the result equals the
+    whole batch's up to float32 summation order. Gradients accumulate in float32.
+    """
+    micro = split_microbatches(batch, microbatches)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def one(carry, mb):
+        (loss, metrics), grads = grad_fn(params, mb)
+        mask = jnp.asarray(mb["loss_mask"]).astype(bool)
+        tokens = jnp.sum(mask).astype(jnp.float32)
+        examples = jnp.sum(jnp.any(mask, axis=1)).astype(jnp.float32)
+        grad_sum, sums = carry
+        grad_sum = jax.tree.map(lambda a, g: a + tokens * g.astype(jnp.float32), grad_sum, grads)
+        sums = {
+            "tokens": sums["tokens"] + tokens,
+            "examples": sums["examples"] + examples,
+            "loss": sums["loss"] + tokens * loss,
+            "token_accuracy": sums["token_accuracy"] + tokens * metrics["token_accuracy"],
+            "accuracy": sums["accuracy"] + examples * metrics["accuracy"],
+        }
+        return (grad_sum, sums), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    sums = dict.fromkeys(("tokens", "examples", "loss", "token_accuracy", "accuracy"))
+    sums = {k: jnp.zeros((), jnp.float32) for k in sums}
+    (grad_sum, sums), _ = jax.lax.scan(one, (zeros, sums), micro)
+    tokens = jnp.maximum(sums["tokens"], 1.0)
+    examples = jnp.maximum(sums["examples"], 1.0)
+    grads = jax.tree.map(lambda g, p: (g / tokens).astype(p.dtype), grad_sum, params)
+    loss = sums["loss"] / tokens
+    metrics = {
+        "loss": loss,
+        "token_accuracy": sums["token_accuracy"] / tokens,
+        "accuracy": sums["accuracy"] / examples,
+    }
+    return (loss, metrics), grads
+
+
+def make_train_step(
+    loss_fn: LossFn, optimizer: optax.GradientTransformation, microbatches: int = 1
+):
+    """(state, batch) -> (state, metrics); jit it with the state donated.
+
+    ``microbatches`` > 1 accumulates the gradient over that many slices of the batch
+    (``accumulated_value_and_grad``): one optimiser update per batch, the activations of one
+    slice in memory at a time. 1 (the default) is the plain step.
+    """
 
     def train_step(state: TrainState, batch: dict):
-        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        if microbatches > 1:
+            (loss, metrics), grads = accumulated_value_and_grad(
+                loss_fn, state.params, batch, microbatches
+            )
+        else:
+            (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -427,12 +497,15 @@ class _NoWriter:
         pass
 
 
-def _compile_steps(components, optimizer, layout: Layout, state_shardings, eval_fn=None):
-    """The jitted train step (state donated) and eval step (of `eval_fn`, default the
-    training loss), with in/out shardings."""
+def _compile_steps(
+    components, optimizer, layout: Layout, state_shardings, eval_fn=None, microbatches: int = 1
+):
+    """The jitted train step (state donated; gradient accumulated over `microbatches`
+    slices of the batch) and eval step (of `eval_fn`, default the training loss), with
+    in/out shardings."""
     batch, replicated = layout.batch, layout.replicated
     train_step = jax.jit(
-        make_train_step(components.loss_fn, optimizer),
+        make_train_step(components.loss_fn, optimizer, microbatches),
         in_shardings=(state_shardings, batch),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
@@ -491,11 +564,19 @@ def train(
             logging.info("already at step %d of %d: nothing to train", start, total)
             return {}
 
-        train_step, eval_step = _compile_steps(components, optimizer, layout, state_shardings)
+        train_step, eval_step = _compile_steps(
+            components,
+            optimizer,
+            layout,
+            state_shardings,
+            microbatches=train_cfg.get("microbatches", 1),
+        )
         held_out = eval_sets(task, train_cfg.eval_size, config.seed)
         for held_out_batch in held_out.values():
             check_batch(components, held_out_batch)
-        eval_chunk = min(train_cfg.batch_size, train_cfg.eval_size)
+        # Held-out examples per eval step: one microbatch (what a training step holds).
+        micro = train_cfg.get("microbatches", 1)
+        eval_chunk = min(train_cfg.batch_size // micro, train_cfg.eval_size)
         progress = Progress(total, train_cfg.batch_size * task.seq_len)
         sums: dict[str, float] = {}
         count = 0
@@ -600,7 +681,8 @@ def evaluate_checkpoint(
     held_out = eval_sets(components.task, config.train.eval_size, config.seed)
     for held_out_batch in held_out.values():
         check_batch(components, held_out_batch)
-    chunk = min(config.train.batch_size, config.train.eval_size)
+    micro = config.train.get("microbatches", 1)
+    chunk = min(config.train.batch_size // micro, config.train.eval_size)
 
     def put(chunk):
         return parallel.replicated_batch(chunk, layout.batch)
