@@ -130,7 +130,7 @@ def test_get_task_and_validation():
     task = get_task(cfg)
     assert isinstance(task, Rule110) and task.steps == 6 and task.seq_len == 100
     assert get_task({"name": "rule110", "steps": 1, "state_bits": 8}).seq_len == 36
-    assert TASKS == ("rule110", "depo")
+    assert TASKS == ("rule110", "depo", "gsm_infinite")
     with pytest.raises(ValueError, match=r"task\.name must be one of 'rule110', 'depo'"):
         get_task(ml_collections.ConfigDict({"name": "rule30", "steps": 1}))
     with pytest.raises(ValueError, match=r"task\.steps must be"):
