@@ -10,7 +10,7 @@ Difficulty = operation count (sleep_lm.tasks.gsm_infinite.generator); evaluation
 
 `scratch` (the default): a small hybrid trained from scratch on byte-level problems with 1-4
 operations in 384 bytes (6 windows of 64). Sized for a CPU (a look at the pipeline, not a
-result; see the README for what it reaches):
+result: in its 600 steps it reaches the most-frequent-answer level, see the README):
 
   python -m sleep_lm.main --config=experiments/gsm_infinite.py:scratch \
       --workdir=/tmp/gsm_scratch --config.sleep.passes=2
