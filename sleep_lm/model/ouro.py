@@ -68,15 +68,13 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model import state as state_lib
-from sleep_lm.model.attention import attention_mask, key_positions, write_cache
-from sleep_lm.model.positions import rotary
-from sleep_lm.model.state import KVCache, ModelState, constrain
+from sleep_lm.model.qwen2 import Qwen2Attention, Qwen2MLP, dense, rms_norm
+from sleep_lm.model.state import KVCache, ModelState
 from sleep_lm.ops import PRECISIONS
 
 SLEEP_LOOPS = ("all", "last")
 GDN_IMPLS = ("chunked", "recurrent")
 DTYPES = ("float32", "bfloat16")
-_MASKED = -1e30  # finite: a fully masked row (impossible: a query sees itself) stays finite
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -190,6 +188,11 @@ class OuroConfig:
         return jnp.dtype(self.dtype)
 
     @property
+    def intermediate(self) -> int:
+        """The SwiGLU width under the name the shared MLP (qwen2.Qwen2MLP) reads."""
+        return self.intermediate_size
+
+    @property
     def stack(self) -> tuple[tuple[str, int], ...]:
         """One loop's layers in order: ("attn", original index) or ("jet", Jet index)."""
         out, jets = [], list(enumerate(self.jet_positions))
@@ -224,81 +227,6 @@ class OuroConfig:
         )
 
 
-def _dense(cfg: OuroConfig, features: int, name: str, use_bias: bool = False) -> nn.Dense:
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=cfg.compute_dtype,
-        param_dtype=jnp.float32,
-        name=name,
-    )
-
-
-def _norm(cfg: OuroConfig, name: str) -> nn.RMSNorm:
-    return nn.RMSNorm(
-        epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name
-    )
-
-
-class OuroAttention(nn.Module):
-    """Causal grouped-query attention with RoPE and a ring-buffer KV cache (no biases).
-
-    The cache holds kv_heads heads; each query head reads KV head ``h // (heads / kv_heads)``
-    (Hugging Face's repeat_kv order).
-    """
-
-    config: OuroConfig
-    window: int
-
-    @nn.compact
-    def __call__(
-        self, x: jax.Array, cache: KVCache, positions: jax.Array, valid: jax.Array | None = None
-    ):
-        """x [batch, time, width], positions [time] global, valid [batch, time] bool or None
-        (padded keys are never attended to, as in attention.py) -> (y, new cache)."""
-        cfg = self.config
-        batch, time, _ = x.shape
-        heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
-        q = _dense(cfg, heads * dim, "q_proj")(x).reshape(batch, time, heads, dim)
-        k = _dense(cfg, kv_heads * dim, "k_proj")(x).reshape(batch, time, kv_heads, dim)
-        v = _dense(cfg, kv_heads * dim, "v_proj")(x).reshape(batch, time, kv_heads, dim)
-        # HF's rotate-half RoPE pairs feature i with i + dim / 2: the same as rotary().
-        q = rotary(q, positions, base=cfg.rope_theta)
-        k = rotary(k, positions, base=cfg.rope_theta)
-
-        cur = key_positions(positions, batch, valid)
-        if cache.keys.shape[1]:
-            keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
-            values = jnp.concatenate([cache.values, v.astype(cache.values.dtype)], axis=1)
-            k_pos = jnp.concatenate([cache.positions, cur], axis=1)
-        else:  # no cache (hard eviction in training)
-            keys, values, k_pos = k, v, cur
-
-        group = heads // kv_heads
-        qg = q.reshape(batch, time, kv_heads, group, dim)
-        scores = jnp.einsum(
-            "bqkgd,bskd->bkgqs", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32
-        )
-        scores = scores * dim**-0.5
-        mask = attention_mask(positions, k_pos, self.window)[:, :, None]  # [batch, 1, 1, q, s]
-        scores = jnp.where(mask, scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(cfg.compute_dtype))
-        y = _dense(cfg, cfg.width, "o_proj")(out.reshape(batch, time, heads * dim))
-        return y, constrain(write_cache(cache, k, v, positions, valid))
-
-
-class OuroMLP(nn.Module):
-    config: OuroConfig
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        cfg = self.config
-        gate = _dense(cfg, cfg.intermediate_size, "gate_proj")(x)
-        up = _dense(cfg, cfg.intermediate_size, "up_proj")(x)
-        return _dense(cfg, cfg.width, "down_proj")(nn.silu(gate) * up)
-
-
 class OuroLayer(nn.Module):
     """One sandwich-norm decoder layer: (h, KVCache, positions) -> (h, KVCache)."""
 
@@ -308,12 +236,12 @@ class OuroLayer(nn.Module):
     @nn.compact
     def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array, valid=None):
         cfg = self.config
-        y, cache = OuroAttention(cfg, self.window, name="self_attn")(
-            _norm(cfg, "input_layernorm")(h), cache, positions, valid
+        y, cache = Qwen2Attention(cfg, self.window, qkv_bias=False, name="self_attn")(
+            rms_norm(cfg, "input_layernorm")(h), cache, positions, valid
         )
-        h = h + _norm(cfg, "input_layernorm_2")(y)
-        y = OuroMLP(cfg, name="mlp")(_norm(cfg, "post_attention_layernorm")(h))
-        h = h + _norm(cfg, "post_attention_layernorm_2")(y)
+        h = h + rms_norm(cfg, "input_layernorm_2")(y)
+        y = Qwen2MLP(cfg, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(h))
+        h = h + rms_norm(cfg, "post_attention_layernorm_2")(y)
         return nn.with_logical_constraint(h, ("batch", None, None)), cache
 
 
@@ -328,7 +256,7 @@ class JetLayer(nn.Module):
 
         cfg = self.config
         y, layer_state = JetBlock(cfg.jet_config(), name="self_attn")(
-            _norm(cfg, "input_layernorm")(h), layer_state, positions, valid
+            rms_norm(cfg, "input_layernorm")(h), layer_state, positions, valid
         )
         return nn.with_logical_constraint(h + y, ("batch", None, None)), layer_state
 
@@ -402,7 +330,7 @@ class OuroLM(nn.Module):
 
     def setup(self):
         self.model = OuroModel(self.config, self.window)
-        self.lm_head = _dense(self.config, self.config.vocab_size, None)
+        self.lm_head = dense(self.config, self.config.vocab_size, None)
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens [batch, time] int -> h [batch, time, width] (positions enter via RoPE)."""

@@ -155,7 +155,7 @@ class Qwen2Config:
         )
 
 
-def _dense(cfg: Qwen2Config, features: int, name: str, use_bias: bool = False) -> nn.Dense:
+def dense(cfg: Qwen2Config, features: int, name: str, use_bias: bool = False) -> nn.Dense:
     return nn.Dense(
         features,
         use_bias=use_bias,
@@ -168,11 +168,14 @@ def _dense(cfg: Qwen2Config, features: int, name: str, use_bias: bool = False) -
 class Qwen2Attention(nn.Module):
     """Grouped-query causal attention with q/k/v bias, RoPE and a ring-buffer KV cache.
 
-    ``window``: mask window (keys including the query) of this layer.
+    ``window``: mask window (keys including the query) of this layer. ``qkv_bias=False`` is
+    Ouro's attention (sleep_lm/model/ouro.py), otherwise the same. ``config`` needs width,
+    heads, kv_heads, head_dim, rope_theta and compute_dtype.
     """
 
     config: Qwen2Config
     window: int
+    qkv_bias: bool = True
 
     @nn.compact
     def __call__(
@@ -183,9 +186,13 @@ class Qwen2Attention(nn.Module):
         cfg = self.config
         batch, time, _ = x.shape
         heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
-        q = _dense(cfg, heads * dim, "q_proj", True)(x).reshape(batch, time, heads, dim)
-        k = _dense(cfg, kv_heads * dim, "k_proj", True)(x).reshape(batch, time, kv_heads, dim)
-        v = _dense(cfg, kv_heads * dim, "v_proj", True)(x).reshape(batch, time, kv_heads, dim)
+        q = dense(cfg, heads * dim, "q_proj", self.qkv_bias)(x).reshape(batch, time, heads, dim)
+        k = dense(cfg, kv_heads * dim, "k_proj", self.qkv_bias)(x).reshape(
+            batch, time, kv_heads, dim
+        )
+        v = dense(cfg, kv_heads * dim, "v_proj", self.qkv_bias)(x).reshape(
+            batch, time, kv_heads, dim
+        )
         q = rotary(q, positions, base=cfg.rope_theta)
         k = rotary(k, positions, base=cfg.rope_theta)
 
@@ -209,22 +216,25 @@ class Qwen2Attention(nn.Module):
         scores = jnp.where(mask, scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
         out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(cfg.compute_dtype))
-        y = _dense(cfg, cfg.width, "o_proj")(out.reshape(batch, time, heads * dim))
+        y = dense(cfg, cfg.width, "o_proj")(out.reshape(batch, time, heads * dim))
         return y, constrain(write_cache(cache, k, v, positions, valid))
 
 
 class Qwen2MLP(nn.Module):
+    """SwiGLU MLP (gate_proj, up_proj, down_proj); ``config`` needs width, intermediate and
+    compute_dtype (Qwen2 and Ouro)."""
+
     config: Qwen2Config
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         cfg = self.config
-        gate = _dense(cfg, cfg.intermediate, "gate_proj")(x)
-        up = _dense(cfg, cfg.intermediate, "up_proj")(x)
-        return _dense(cfg, cfg.width, "down_proj")(nn.silu(gate) * up)
+        gate = dense(cfg, cfg.intermediate, "gate_proj")(x)
+        up = dense(cfg, cfg.intermediate, "up_proj")(x)
+        return dense(cfg, cfg.width, "down_proj")(nn.silu(gate) * up)
 
 
-def _norm(cfg: Qwen2Config, name: str) -> nn.RMSNorm:
+def rms_norm(cfg: Qwen2Config, name: str) -> nn.RMSNorm:
     # Statistics in float32 whatever the compute dtype (flax RMSNorm promotes), scale float32.
     return nn.RMSNorm(
         epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32, name=name
@@ -250,9 +260,9 @@ class Qwen2DecoderLayer(nn.Module):
             from sleep_lm.model.jet import JetBlock
 
             mixer = JetBlock(cfg.jet_config(), name="self_attn")
-        y, layer_state = mixer(_norm(cfg, "input_layernorm")(h), layer_state, positions, valid)
+        y, layer_state = mixer(rms_norm(cfg, "input_layernorm")(h), layer_state, positions, valid)
         h = h + y
-        h = h + Qwen2MLP(cfg, name="mlp")(_norm(cfg, "post_attention_layernorm")(h))
+        h = h + Qwen2MLP(cfg, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(h))
         h = nn.with_logical_constraint(h, ("batch", None, None))
         return h, layer_state
 
