@@ -74,40 +74,14 @@ import machine  # noqa: E402
 from sleep_lm import parallel, sleep  # noqa: E402
 from sleep_lm.config import load_config, pretrained_options  # noqa: E402
 from sleep_lm.model.ouro import OuroConfig  # noqa: E402
-from sleep_lm.pretrained import hf  # noqa: E402
+from sleep_lm.pretrained import hf, published  # noqa: E402
 from sleep_lm.pretrained import ouro as ouro_hf  # noqa: E402
 from sleep_lm.train import loop, optim  # noqa: E402
 from sleep_lm.train.state import TrainState  # noqa: E402
 
 ANSWER = 16  # loss positions at the end of the sequence
 
-# jetai/modeling/configs/jetlm_2B.json (NVlabs/Jet-Nemotron): the fields the qwen2 family
-# reads (the same dict as tests/pretrained/test_qwen2.py's full-size parameter count).
-JET_NEMOTRON_2B = {
-    "model_type": "jet_nemotron",
-    "vocab_size": 151936,
-    "hidden_size": 1536,
-    "intermediate_size": 8960,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": True,
-    "hidden_act": "silu",
-    "layer_types": ["jet"] * 14 + ["attn"] + ["jet"] * 4 + ["attn", "swa", "swa"] + ["jet"] * 6,
-    "efficient_attention_config": {
-        "jet": {
-            "conv_size": 4,
-            "dconv_generator_reduction": 8,
-            "expand_v": 2.6666666667,
-            "head_dim": 96,
-            "norm_eps": "1e-5",
-            "num_heads": 12,
-        },
-        "swa": {"window_size": 1152},
-    },
-}
+JET_NEMOTRON_2B = published.JET_NEMOTRON_2B
 PRESETS = ("ouro", "ouro_sliding", "jet")
 
 

@@ -11,56 +11,16 @@ import numpy as np
 import pytest
 
 from sleep_lm import config as config_lib
-from sleep_lm.pretrained import load_hf, load_tokenizer, tiny
+from sleep_lm.pretrained import load_hf, load_tokenizer, published, tiny
 from sleep_lm.train import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = REPO / "experiments" / "gsm_infinite.py"
 
-# config.json of the released models (facts in shared/PRETRAINED.md), to validate the full-size
-# presets against the real architectures without their weights.
-OURO_1_4B = {
-    "model_type": "ouro",
-    "vocab_size": 49152,
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 16,
-    "head_dim": 128,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": False,
-    "total_ut_steps": 4,
-    "early_exit_threshold": 1.0,
-}
-JET_NEMOTRON_2B = {
-    "model_type": "jet_nemotron",
-    "vocab_size": 151936,
-    "hidden_size": 1536,
-    "intermediate_size": 8960,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True,
-    "layer_types": [
-        "attn" if i in (14, 19) else "swa" if i in (20, 21) else "jet" for i in range(28)
-    ],
-    "efficient_attention_config": {
-        "swa": {"window_size": 1152},
-        "jet": {
-            "num_heads": 12,
-            "head_dim": 96,
-            "expand_v": 2.6666666667,
-            "conv_size": 4,
-            "dconv_generator_reduction": 8,
-            "norm_eps": 1e-5,
-        },
-    },
-}
+# config.json of the released models, to validate the full-size presets against the real
+# architectures without their weights.
+OURO_1_4B = published.OURO_1_4B
+JET_NEMOTRON_2B = published.JET_NEMOTRON_2B
 
 
 def preset(name):

@@ -16,7 +16,7 @@ import pytest
 from sleep_lm import inference, sleep
 from sleep_lm.model import FastWeightState
 from sleep_lm.model.qwen2 import Qwen2Config, Qwen2LM
-from sleep_lm.pretrained import load_hf
+from sleep_lm.pretrained import load_hf, published
 from sleep_lm.pretrained.qwen2 import config_from_hf, config_to_hf
 from sleep_lm.train import optim
 
@@ -127,32 +127,7 @@ def test_hybrid_config_round_trips_through_hf():
 
 # ------------------------------------------------------------ full-size, abstract
 
-# jetai/modeling/configs/jetlm_2B.json (NVlabs/Jet-Nemotron), the fields this family reads.
-JET_NEMOTRON_2B = {
-    "model_type": "jet_nemotron",
-    "vocab_size": 151936,
-    "hidden_size": 1536,
-    "intermediate_size": 8960,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 12,
-    "num_key_value_heads": 2,
-    "rms_norm_eps": 1e-6,
-    "rope_theta": 1000000.0,
-    "tie_word_embeddings": True,
-    "hidden_act": "silu",
-    "layer_types": ["jet"] * 14 + ["attn"] + ["jet"] * 4 + ["attn", "swa", "swa"] + ["jet"] * 6,
-    "efficient_attention_config": {
-        "jet": {
-            "conv_size": 4,
-            "dconv_generator_reduction": 8,
-            "expand_v": 2.6666666667,
-            "head_dim": 96,
-            "norm_eps": "1e-5",
-            "num_heads": 12,
-        },
-        "swa": {"window_size": 1152},
-    },
-}
+JET_NEMOTRON_2B = published.JET_NEMOTRON_2B  # jetlm_2B.json's fields
 
 
 def count(model) -> int:
