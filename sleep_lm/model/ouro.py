@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model import state as state_lib
-from sleep_lm.model.qwen2 import Qwen2Attention, Qwen2MLP, dense, rms_norm
+from sleep_lm.model.qwen2 import Qwen2Attention, Qwen2MLP, dense, jet_config_of, rms_norm
 from sleep_lm.model.state import KVCache, ModelState
 from sleep_lm.ops import PRECISIONS
 
@@ -210,21 +210,7 @@ class OuroConfig:
 
     def jet_config(self):
         """The inserted layers' JetConfig (sleep_lm/model/jet.py)."""
-        from sleep_lm.model.jet import JetConfig
-
-        return JetConfig(
-            width=self.width,
-            heads=self.jet_heads,
-            key_head_dim=self.jet_key_head_dim,
-            value_head_dim=self.jet_value_head_dim,
-            conv_size=self.jet_conv_size,
-            generator_reduction=self.jet_generator_reduction,
-            norm_eps=self.jet_norm_eps,
-            gdn_impl=self.gdn_impl,
-            chunk_size=self.chunk_size,
-            precision=self.gdn_precision,
-            dtype=self.dtype,
-        )
+        return jet_config_of(self)
 
 
 class OuroLayer(nn.Module):

@@ -138,21 +138,27 @@ class Qwen2Config:
 
     def jet_config(self):
         """The JetConfig of this model's "jet" layers (sleep_lm/model/jet.py)."""
-        from sleep_lm.model.jet import JetConfig
+        return jet_config_of(self)
 
-        return JetConfig(
-            width=self.width,
-            heads=self.jet_heads,
-            key_head_dim=self.jet_key_head_dim,
-            value_head_dim=self.jet_value_head_dim,
-            conv_size=self.jet_conv_size,
-            generator_reduction=self.jet_generator_reduction,
-            norm_eps=self.jet_norm_eps,
-            gdn_impl=self.gdn_impl,
-            chunk_size=self.chunk_size,
-            precision=self.gdn_precision,
-            dtype=self.dtype,
-        )
+
+def jet_config_of(cfg):
+    """The JetConfig (sleep_lm/model/jet.py) of a family config's flat ``jet_*`` fields
+    (Qwen2Config's jet layers, OuroConfig's inserted ones) and its ops settings."""
+    from sleep_lm.model.jet import JetConfig
+
+    return JetConfig(
+        width=cfg.width,
+        heads=cfg.jet_heads,
+        key_head_dim=cfg.jet_key_head_dim,
+        value_head_dim=cfg.jet_value_head_dim,
+        conv_size=cfg.jet_conv_size,
+        generator_reduction=cfg.jet_generator_reduction,
+        norm_eps=cfg.jet_norm_eps,
+        gdn_impl=cfg.gdn_impl,
+        chunk_size=cfg.chunk_size,
+        precision=cfg.gdn_precision,
+        dtype=cfg.dtype,
+    )
 
 
 def dense(cfg: Qwen2Config, features: int, name: str, use_bias: bool = False) -> nn.Dense:
