@@ -3,7 +3,7 @@ export round trip, the one-line errors, the tokenizer, loading onto an 8-device 
 
 Fixtures: tests/fixtures/qwen2_tiny (full attention, untied) and qwen2_swa_tiny (a
 sliding-window layer of 4 keys, tied head), written once by
-tests/fixtures/make_qwen2_fixture.py with transformers 5.24.0's Qwen2ForCausalLM. No torch
+scripts/fixtures/make_qwen2_fixture.py with transformers 5.24.0's Qwen2ForCausalLM. No torch
 or transformers here.
 """
 

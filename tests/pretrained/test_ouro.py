@@ -1,6 +1,6 @@
 """The ouro family: golden logits, decode == prefill, sleep / streaming equivalence, Jet-layer
 insertion, export -> load, full-size parameter count. No torch: the fixture
-(tests/fixtures/ouro, written once by tests/fixtures/make_ouro_fixture.py) is numpy +
+(tests/fixtures/ouro, written once by scripts/fixtures/make_ouro_fixture.py) is numpy +
 safetensors."""
 
 from __future__ import annotations
