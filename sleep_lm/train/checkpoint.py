@@ -11,6 +11,14 @@ ShapeDtypeStructs (the train loop passes the current mesh's NamedShardings). Wit
 processes every process calls `save` and `restore`; orbax writes each process's shards and
 lets process 0 finalise the checkpoint, so WORKDIR must be a directory all hosts share.
 
+Damaged checkpoints: restoring the latest checkpoint (resume, `--mode=eval`, `load_run`, warm
+starts) tries the steps newest first; a step that cannot be restored (unreadable data, an
+empty or partial step folder) is skipped with one warning line naming the step and the reason,
+and the newest good one is used. Only when none restores is it an error (`CheckpointError`,
+one line). A resume moves the skipped steps out of the way, to WORKDIR/checkpoints.unreadable/,
+so that the run can write those steps again; nothing is deleted. An explicit `step` gets no
+fallback: its failure is the error.
+
 Parameters only: `restore_params(directory, target, step)` reads just the `params` of a
 checkpoint (an orbax partial restore: the optimiser state is never read), optionally into a
 target tree of ShapeDtypeStructs, checked by name and shape first so that a mismatch is one
@@ -20,6 +28,8 @@ from_checkpoint` (warm starts) use it.
 
 import logging as std_logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -32,11 +42,77 @@ class _DropOrbaxInfo(std_logging.Filter):
         return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+class _DropExpectedOrbaxWarnings(std_logging.Filter):
+    """Warnings orbax gives for every read-only manager (what a params-only restore opens):
+    they describe what was asked for, not a problem; and its note on a damaged step, which
+    `restore_newest` reports in one line."""
+
+    EXPECTED = (
+        "is read only",
+        "save_interval_steps=0",
+        "read_only=True",
+        # A damaged step folder: the fallback's own warning names the step and the reason.
+        "Metadata file does not exist",
+    )
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        if "orbax" not in record.pathname:
+            return True
+        message = record.getMessage()
+        return not any(text in message for text in self.EXPECTED)
+
+
 def _quiet_orbax() -> None:
     """Orbax logs several INFO lines (through absl) per save; keep the training log readable."""
     handler = logging.get_absl_handler()
-    if not any(isinstance(f, _DropOrbaxInfo) for f in handler.filters):
-        handler.addFilter(_DropOrbaxInfo())
+    for kind in (_DropOrbaxInfo, _DropExpectedOrbaxWarnings):
+        if not any(isinstance(f, kind) for f in handler.filters):
+            handler.addFilter(kind())
+    # Orbax may log through its own Python loggers too (not only through absl's handler).
+    for name in ("orbax", "absl"):
+        logger = std_logging.getLogger(name)
+        if not any(isinstance(f, _DropExpectedOrbaxWarnings) for f in logger.filters):
+            logger.addFilter(_DropExpectedOrbaxWarnings())
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in a directory can be restored; the message is one line."""
+
+
+def _reason(error: Exception) -> str:
+    """The first line of an exception, shortened: what a one-line warning can hold."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def restore_newest(directory: Path, steps, restore: Callable[[int], object]):
+    """(restore(step), step, skipped steps) for the newest of `steps` that restores.
+
+    A step whose restore raises (anything but ParamMismatch, which is about the model and
+    would fail for every step) is skipped with one warning line; CheckpointError (one line)
+    when none restores."""
+    skipped, reasons = [], []
+    for step in sorted(steps, reverse=True):
+        try:
+            return restore(step), step, skipped
+        except ParamMismatch:
+            raise
+        except Exception as e:  # noqa: BLE001 - any damage to a step's files
+            reason = _reason(e)
+            logging.warning(
+                "checkpoint step %d in %s cannot be restored (%s); trying the previous one",
+                step,
+                directory,
+                reason,
+            )
+            skipped.append(step)
+            reasons.append(f"step {step}: {reason}")
+    if not skipped:
+        raise FileNotFoundError(f"no checkpoint in {directory}")
+    raise CheckpointError(
+        f"no checkpoint in {directory} can be restored ({len(skipped)} tried; {reasons[0]})"
+    )
 
 
 def abstract_like(tree):
@@ -63,10 +139,11 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, *, keep: int, use_async: bool = True):
         _quiet_orbax()
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
+        self._options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=use_async
         )
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._manager = self._open()
+        self.unreadable: list[int] = []  # steps the last restore skipped as damaged
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -88,12 +165,50 @@ class Checkpointer:
         return saved
 
     def restore(self, abstract_state, step: int | None = None):
-        """The state saved at `step` (default: latest), with the structure of `abstract_state`."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        """The state saved at `step`, with the structure of `abstract_state`.
+
+        step=None: the newest checkpoint that restores (damaged newer ones are skipped with a
+        warning and remembered in `self.unreadable`, see `set_aside_unreadable`); raises
+        CheckpointError when none does, FileNotFoundError when there is none."""
         target = abstract_like(abstract_state)
-        return self._manager.restore(step, args=ocp.args.StandardRestore(target))
+
+        def restore(at):
+            return self._manager.restore(at, args=ocp.args.StandardRestore(target))
+
+        if step is not None:
+            return restore(step)
+        state, _, self.unreadable = restore_newest(self.directory, self.all_steps(), restore)
+        return state
+
+    def set_aside_unreadable(self) -> None:
+        """Moves the steps the last `restore` skipped to <directory>.unreadable/<step> (kept
+        for inspection, out of orbax's sight) so that the run can write those steps again."""
+        if not self.unreadable:
+            return
+        self._manager.wait_until_finished()
+        self._manager.close()
+        if jax.process_index() == 0:
+            aside = self.directory.with_name(self.directory.name + ".unreadable")
+            aside.mkdir(exist_ok=True)
+            for step in self.unreadable:
+                target = aside / str(step)
+                if target.exists():
+                    shutil.rmtree(target)
+                shutil.move(str(self.directory / str(step)), str(target))
+                logging.warning("checkpoint step %d moved to %s", step, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("sleep_lm: unreadable checkpoints set aside")
+        self.unreadable = []
+        self._manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        # One item, said explicitly: otherwise orbax infers single vs several items from the
+        # newest step folder, and an empty one would make every step unreadable.
+        return ocp.CheckpointManager(
+            self.directory, options=self._options, item_handlers=ocp.StandardCheckpointHandler()
+        )
 
     def wait(self) -> None:
         """Blocks until pending async saves are on disk."""
@@ -137,7 +252,9 @@ def restore_params(directory: str | os.PathLike, target=None, step: int | None =
     so that a missing or mis-shaped parameter is a ParamMismatch (ValueError) naming it.
     Parameters of the checkpoint that `target` does not name are not read. None: every
     parameter as stored.
-    Raises FileNotFoundError when `directory` holds no checkpoint (or not that step).
+    step=None: the newest checkpoint that restores (damaged ones skipped with a warning).
+    Raises FileNotFoundError when `directory` holds no checkpoint (or not that step),
+    CheckpointError when none of its checkpoints restores.
     """
     _quiet_orbax()
     directory = Path(directory).absolute()
@@ -152,30 +269,35 @@ def restore_params(directory: str | os.PathLike, target=None, step: int | None =
         steps = list(manager.all_steps())
         if not steps:
             raise FileNotFoundError(f"no checkpoint in {directory}")
-        step = max(steps) if step is None else step
-        if step not in steps:
+        if step is not None and step not in steps:
             raise FileNotFoundError(
                 f"no checkpoint of step {step} in {directory} (steps: "
                 f"{', '.join(map(str, sorted(steps)))})"
             )
-        stored = manager.item_metadata(step)
-        stored = getattr(stored, "tree", stored)
-        if "params" not in stored:
-            raise ValueError(f"the checkpoint of step {step} in {directory} holds no params")
-        where = f"the checkpoint of step {step} in {directory}"
-        if target is None:
-            target = stored["params"]
+
+        def restore(at):
+            stored = manager.item_metadata(at)
+            stored = getattr(stored, "tree", stored)
+            if not stored or "params" not in stored:
+                raise ValueError(f"the checkpoint of step {at} in {directory} holds no params")
+            where = f"the checkpoint of step {at} in {directory}"
+            wanted = stored["params"] if target is None else target
+            if target is not None:
+                check_params(_param_names(stored["params"]), _param_names(target), where)
+            item = abstract_like({"params": wanted})
+            return manager.restore(
+                at,
+                args=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                ),
+            )
+
+        if step is not None:
+            restored = restore(step)
         else:
-            check_params(_param_names(stored["params"]), _param_names(target), where)
-        item = abstract_like({"params": target})
-        restored = manager.restore(
-            step,
-            args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,
-            ),
-        )
+            restored, step, _ = restore_newest(directory, steps, restore)
     finally:
         manager.close()
     return restored["params"], int(step)

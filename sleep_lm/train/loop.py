@@ -445,7 +445,7 @@ def initial_params(config: config_dict.ConfigDict, target):
     checkpoints.
     """
     from sleep_lm.config import init_checkpoint
-    from sleep_lm.train.checkpoint import restore_params
+    from sleep_lm.train.checkpoint import CheckpointError, restore_params
 
     init = config.get("init", None) or {}
     if init.get("from_hf", ""):
@@ -456,7 +456,7 @@ def initial_params(config: config_dict.ConfigDict, target):
     workdir, step = init_checkpoint(source)
     try:
         params, step = restore_params(Path(workdir) / "checkpoints", target, step)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError) as e:
         raise InitError(f"config.init.from_checkpoint={source!r}: {e}") from None
     logging.info(
         "initialised from %s, checkpoint step %d (fresh optimiser state and schedule)",
@@ -522,9 +522,12 @@ def train(
     config: config_dict.ConfigDict,
     workdir: str | Path,
     components: Components | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
-    """Trains to `config.train.steps`, resuming from WORKDIR/checkpoints; returns the last
-    eval metrics (empty if there was nothing left to do)."""
+    """Trains to `config.train.steps`, resuming from WORKDIR/checkpoints (the newest one that
+    restores; damaged newer ones are set aside); returns the last eval metrics (empty if
+    there was nothing left to do). on_start(step) runs once the state is restored or
+    initialised, before anything is written (main writes config.json there)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     components = components or build_components(config)
@@ -541,7 +544,10 @@ def train(
         state, state_shardings = init_or_restore(
             config, components, optimizer, checkpointer, layout
         )
+        checkpointer.set_aside_unreadable()
         start = int(state.step)
+        if on_start is not None:
+            on_start(start)
         if parallel.is_primary():
             # TensorBoard event files next to metrics.jsonl unless train.tensorboard is false.
             tensorboard = train_cfg.get("tensorboard", True)
