@@ -14,6 +14,7 @@ tensor axis. `main` calls it after `jax.distributed.initialize` (which must come
 anything touches a device) and before compiling.
 """
 
+import difflib
 import importlib.util
 import json
 import math
@@ -366,6 +367,9 @@ def eval_overrides(text: str, config: config_dict.ConfigDict) -> tuple[str, ...]
         if name not in fields:
             sections = sorted({f.rsplit(".", 1)[0] + "." for f in fields if f.startswith(name)})
             detail = f" (a section; name its fields, e.g. {sections[0]}...)" if sections else ""
+            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.8)
+            if close and not detail:
+                detail = f" (did you mean {close[0]}?)"
             raise ConfigError(f"--eval_overrides: config.{name} is not a config field{detail}")
     return names
 

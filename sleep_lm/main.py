@@ -7,8 +7,9 @@ r"""Command line entry point: train or evaluate one config in one workdir.
 there is a checkpoint (a fresh workdir starts from `config.init`: random, or another run's
 parameters with init.from_checkpoint=WORKDIR[:STEP]); --mode=eval evaluates the latest
 checkpoint on the held-out set(s) through the streaming inference path (sleep_lm.inference:
-windows fed and slept on, prediction windows decoded token by token) and writes
-WORKDIR/eval.json. Eval metrics are broken down by difficulty where the task defines it
+windows fed and slept on, prediction windows decoded token by token) and writes its record
+to WORKDIR/eval/step<STEP>[-<field>=<value>...].json (one file per checkpoint and override;
+`python -m sleep_lm.report` tabulates them). Eval metrics are broken down by difficulty where the task defines it
 (`eval/accuracy@t=16` for Rule 110's `task.eval_steps`, `eval/accuracy@k=8` for Depo's
 `task.eval_hops`). The config is validated before anything is compiled: an invalid field
 prints one line `error: config.<field> ...` and exits with status 2.
@@ -22,8 +23,9 @@ name. To evaluate at another N or depth on purpose, name the fields:
       --workdir=/tmp/rule110 --mode=eval --eval_overrides=sleep.passes \
       --config.sleep.passes=4
 
-eval.json holds the checkpoint's step, the metrics, the resolved `task`, `model` and `sleep`
-sections evaluated under, and each overridden field's trained and evaluated value.
+A record holds the checkpoint's step, the metrics, the resolved `task`, `model` and `sleep`
+sections evaluated under (for a pretrained family, `model` is the checkpoint's architecture),
+and each overridden field's trained and evaluated value.
 
 Devices: `config.mesh` (data, fsdp, tensor; see sleep_lm/parallel.py) lays the run out on
 all devices; the mesh is checked against the device count before compiling. Multi-host:
@@ -39,6 +41,7 @@ differs from the workdir's, or an init source this model cannot start from); 128
 number when stopped by SIGINT / SIGTERM (after saving a checkpoint).
 """
 
+import dataclasses
 import json
 import re
 import sys
@@ -59,8 +62,8 @@ _EVAL_OVERRIDES = flags.DEFINE_string(
     "",
     "--mode=eval only: comma-separated config fields allowed to differ from the run's "
     "config.json, e.g. 'sleep.passes,task.steps' to evaluate at another N or depth (set "
-    "them with --config.<field>=...). Each must name a config field; eval.json records "
-    "their trained and evaluated values. Any other difference is refused.",
+    "them with --config.<field>=...). Each must name a config field; the eval record "
+    "(WORKDIR/eval/*.json) holds their trained and evaluated values. Any other difference is refused.",
 )
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
@@ -97,22 +100,63 @@ def write_config(config, workdir: Path) -> None:
     path.write_text(text)
 
 
-def eval_record(step: int, metrics: dict, config, previous: dict, overrides) -> dict:
-    """eval.json: the checkpoint's step, the metrics, the task / model / sleep sections the
-    checkpoint was evaluated under, and {field: {"trained": ..., "evaluated": ...}} for the
-    fields of --eval_overrides."""
+def _jsonable(value):
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def evaluated_model(config, model) -> dict:
+    """The architecture that was evaluated: config.model for the hybrid family; for a
+    pretrained family, the family, its checkpoint and the model's own config (the fields read
+    from its config.json, inserted layers included), not the unused hybrid fields."""
+    family = config.model.get("family", "hybrid")
+    if family == "hybrid" or not dataclasses.is_dataclass(getattr(model, "config", None)):
+        return json.loads(config.model.to_json_best_effort())
+    return {
+        "family": family,
+        "from_hf": config.init.get("from_hf", ""),
+        "architecture": _jsonable(model.config),
+    }
+
+
+def eval_record(
+    step: int, metrics: dict, config, previous: dict, overrides, model=None
+) -> dict:
+    """An eval record: the checkpoint's step, the metrics, the task / model / sleep sections
+    the checkpoint was evaluated under (`model`: see `evaluated_model`), and
+    {field: {"trained": ..., "evaluated": ...}} for the fields of --eval_overrides."""
     from sleep_lm.config import _flatten
 
     resolved = json.loads(config.to_json_best_effort())
     old, new = _flatten(previous), _flatten(resolved)
+    sections = {name: resolved[name] for name in ("task", "model", "sleep") if name in resolved}
+    if model is not None:
+        sections["model"] = evaluated_model(config, model)
     return {
         "step": step,
         **metrics,
-        "config": {name: resolved[name] for name in ("task", "model", "sleep") if name in resolved},
+        "config": sections,
         "eval_overrides": {
             name: {"trained": old.get(name), "evaluated": new.get(name)} for name in overrides
         },
     }
+
+
+def eval_record_path(workdir: Path, record: dict) -> Path:
+    """WORKDIR/eval/step<step>[-<field>=<value>...].json: one file per checkpoint and
+    override, so that evaluating at N = 1, 2, 4 keeps three records."""
+    parts = [f"step{record['step']}"]
+    for name, values in sorted(record["eval_overrides"].items()):
+        value = json.dumps(values["evaluated"]).strip('"')
+        parts.append(re.sub(r"[^\w.,=+-]", "_", f"{name}={value}"))
+    return workdir / "eval" / ("-".join(parts) + ".json")
 
 
 def main(argv) -> None:
@@ -177,12 +221,17 @@ def main(argv) -> None:
             step, metrics = loop.evaluate_checkpoint(config, workdir, components)
         except FileNotFoundError as e:
             fail(str(e), 1)
+        except checkpoint.CheckpointError as e:
+            fail(str(e), 2)
         except checkpoint.ParamMismatch as e:
             fail(f"--eval_overrides: {e}", 2)
-        record = eval_record(step, metrics, config, previous, overrides)
+        record = eval_record(step, metrics, config, previous, overrides, components.model)
         if parallel.is_primary():
-            (workdir / "eval.json").write_text(json.dumps(record, indent=2) + "\n")
+            path = eval_record_path(workdir, record)
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(json.dumps(record, indent=2) + "\n")
             print(json.dumps(record), flush=True)
+            logging.info("eval record: %s", path)
         return
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -191,11 +240,16 @@ def main(argv) -> None:
         conflict = config_lib.resume_conflict(json.loads(previous.read_text()), config)
         if conflict:
             fail(conflict, 2)
-    if parallel.is_primary():
-        write_config(config, workdir)
+
+    def on_start(step: int) -> None:
+        # Only once the resume check passed and the checkpoint restored: a failed resume
+        # leaves the run's config.json as it was.
+        if parallel.is_primary():
+            write_config(config, workdir)
+
     try:
-        metrics = loop.train(config, workdir, components)
-    except loop.InitError as e:
+        metrics = loop.train(config, workdir, components, on_start=on_start)
+    except (loop.InitError, checkpoint.CheckpointError) as e:
         fail(str(e), 2)
     except loop.NonFiniteLoss as e:
         fail(str(e), 1)

@@ -379,7 +379,7 @@ def initialize_distributed(mode: str = "auto", **flags) -> bool:
 
 
 def is_primary() -> bool:
-    """Process 0 writes metrics, the config and eval.json (orbax coordinates checkpoints)."""
+    """Process 0 writes metrics, the config and eval records (orbax coordinates checkpoints)."""
     return jax.process_index() == 0
 
 

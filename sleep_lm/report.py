@@ -62,6 +62,8 @@ class Run:
     config: dict  # flattened: "sleep.passes" -> 2
     evals: list[dict]  # eval records of metrics.jsonl, by step
     tokens_per_step: int | None
+    # --mode=eval records (WORKDIR/eval/*.json): {"step", "eval/...", "config", ...}
+    checkpoint_evals: list[dict] = dataclasses.field(default_factory=list)
 
     @property
     def final(self) -> dict:
@@ -116,11 +118,23 @@ def load_run(workdir: str | Path) -> Run:
         if metrics:
             evals.append({"step": int(record["step"]), **metrics})
     evals.sort(key=lambda r: r["step"])
+    checkpoint_evals = []
+    # eval.json: the single record an older --mode=eval wrote.
+    for path in [workdir / "eval.json", *sorted((workdir / "eval").glob("*.json"))]:
+        try:
+            checkpoint_evals.append(json.loads(path.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
     seq_len = _seq_len(config)
     batch = config.get("train.batch_size")
     tokens = None if seq_len is None or batch is None else int(batch) * seq_len
     return Run(
-        workdir=workdir, name=workdir.name, config=config, evals=evals, tokens_per_step=tokens
+        workdir=workdir,
+        name=workdir.name,
+        config=config,
+        evals=evals,
+        tokens_per_step=tokens,
+        checkpoint_evals=checkpoint_evals,
     )
 
 
@@ -339,6 +353,61 @@ def seed_table(runs: list[Run]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _test_passes(record: dict):
+    """The N a --mode=eval record was evaluated at (None if it overrides anything else)."""
+    if set(record.get("eval_overrides", {})) - {PASSES}:
+        return None
+    return record.get("config", {}).get("sleep", {}).get("passes")
+
+
+def test_time_points(runs: list[Run], metric: str) -> dict:
+    """{(trained N, other varying fields...): {test N: [metric of each seed's latest
+    checkpoint record]}} from the runs' --mode=eval records that override at most
+    sleep.passes; {} when no run was evaluated at an N other than its own."""
+    fields = [f for f in varying_fields(runs) if f != SEED]
+    points: dict[tuple, dict] = {}
+    other_n = False
+    for run in runs:
+        latest: dict = {}  # test N -> the record of the newest checkpoint
+        for record in run.checkpoint_evals:
+            n = _test_passes(record)
+            if n is None or metric not in record:
+                continue
+            if n not in latest or record["step"] >= latest[n]["step"]:
+                latest[n] = record
+        key = (run.passes, *(run.config.get(f) for f in fields))
+        for n, record in latest.items():
+            other_n |= n != run.passes
+            points.setdefault(key, {}).setdefault(n, []).append(_number(record[metric]))
+    return points if other_n else {}
+
+
+def test_time_table(runs: list[Run], metric: str = "eval/accuracy") -> str:
+    """Markdown table: trained N (rows) x N at test time (columns), `metric` as mean [min,
+    max] over seeds of the --mode=eval records; "" when there are none at another N."""
+    points = test_time_points(runs, metric)
+    if not points:
+        return ""
+    fields = [f for f in varying_fields(runs) if f != SEED]
+    tests = sorted({n for cells in points.values() for n in cells})
+    header = ["trained N", *map(_short, fields), *(f"test N = {n}" for n in tests)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in sorted(points, key=lambda k: [format_value(v) for v in k]):
+        cells = []
+        for n in tests:
+            values = points[key].get(n, [])
+            if not values:
+                cells.append("-")
+                continue
+            mean, low, high = spread(values)
+            text = format_value(mean)
+            if len(values) > 1:
+                text += f" [{format_value(low)}, {format_value(high)}] ({len(values)})"
+            cells.append(f"**{text}**" if n == key[0] else text)
+        lines.append("| " + " | ".join([*map(format_value, key), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(runs: list[Run]) -> str:
     """Markdown table of the final eval metrics, one row per run."""
     fields = varying_fields(runs)
@@ -503,6 +572,52 @@ def plot_vs_passes(runs: list[Run], path: Path) -> list[str]:
     return metrics
 
 
+def plot_test_time(runs: list[Run], metric: str, path: Path) -> bool:
+    """`metric` of the --mode=eval records against N at test time, one line per trained N
+    (and other varying fields), mean over seeds with a min-max band, chance dashed. False
+    (and no file) when no record is at another N."""
+    points = test_time_points(runs, f"eval/{metric}")
+    if not points:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fields = [f for f in varying_fields(runs) if f != SEED]
+    for i, key in enumerate(sorted(points, key=lambda k: [format_value(v) for v in k])):
+        ns = sorted(points[key])
+        stats = [spread(points[key][n]) for n in ns]
+        label = ", ".join(
+            [
+                f"trained N = {key[0]}",
+                *(f"{_short(f)} = {_plain(v)}" for f, v in zip(fields, key[1:], strict=True)),
+            ]
+        )
+        ax.plot(ns, [m for m, _, _ in stats], marker="o", color=f"C{i % 10}", label=label)
+        ax.fill_between(
+            ns,
+            [lo for _, lo, _ in stats],
+            [hi for _, _, hi in stats],
+            color=f"C{i % 10}",
+            alpha=0.15,
+        )
+        ax.plot(
+            [key[0]],
+            [dict(zip(ns, stats, strict=True)).get(key[0], (math.nan,))[0]],
+            marker="*",
+            markersize=12,
+            color=f"C{i % 10}",
+        )
+    _draw_chance(ax, _chance_for(runs, metric, Difficulty("", "", None)))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sleep passes N at test time (star: the trained N)")
+    ax.set_ylabel(f"eval {metric.replace('_', ' ')}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def _has(runs, found, metric) -> bool:
     return any(f"eval/{metric}{d.suffix}" in run.final for run in runs for d in found)
 
@@ -658,6 +773,17 @@ def write_report(paths, out: str | Path) -> Path:
             "",
             chance,
         ]
+    for metric in ("eval/accuracy", "eval/token_accuracy"):
+        test_time = test_time_table(runs, metric)
+        if test_time:
+            parts += [
+                f"Sleeping longer (or shorter) at test time: `{metric}` of the checkpoints "
+                "evaluated with `--mode=eval --eval_overrides=sleep.passes`, by the N trained "
+                "with (rows, bold: the same N) and the N evaluated at (columns); mean [min, max] "
+                "(seeds) over seeds.",
+                "",
+                test_time,
+            ]
     report = out / "report.md"
     report.write_text("\n".join(parts))  # The table even if the plots fail below.
 
@@ -677,6 +803,10 @@ def write_report(paths, out: str | Path) -> Path:
     if plot_by_difficulty(runs, "accuracy", out / "curves_accuracy_by_difficulty.png"):
         title = "Eval accuracy against training tokens, all difficulties"
         plots.append((title, "curves_accuracy_by_difficulty.png"))
+    for metric in ("accuracy", "token_accuracy"):
+        name = f"test_time_{metric}.png"
+        if plot_test_time(runs, metric, out / name):
+            plots.append((f"Eval {metric.replace('_', ' ')} against N at test time", name))
     parts += ["## Plots", ""]
     for title, name in plots:
         parts += [f"{title}:", "", f"![{title}]({name})", ""]

@@ -208,7 +208,7 @@ def test_cli_eval_mode(tiny_run):
     metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in metrics if r["step"] == 3 and "eval/loss" in r][0]
     assert record["eval/loss"] == pytest.approx(final["eval/loss"], rel=1e-5)
-    assert json.loads((workdir / "eval.json").read_text()) == record
+    assert json.loads((workdir / "eval" / "step3.json").read_text()) == record
     # What was evaluated: the resolved task, model and sleep sections, nothing overridden.
     trained = json.loads((workdir / "config.json").read_text())
     assert record["config"] == {k: trained[k] for k in ("task", "model", "sleep")}
@@ -234,7 +234,8 @@ def test_cli_eval_refuses_a_changed_config(tiny_run):
     [
         (
             ["--mode=eval", "--eval_overrides=sleep.pases"],
-            "error: --eval_overrides: config.sleep.pases is not a config field",
+            "error: --eval_overrides: config.sleep.pases is not a config field "
+            "(did you mean sleep.passes?)",
         ),
         (
             ["--mode=eval", "--eval_overrides=sleep"],
@@ -263,7 +264,7 @@ def test_cli_eval_at_another_n_when_asked(tiny_run):
         "--config.task.steps=1",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    record = json.loads((workdir / "eval.json").read_text())
+    record = json.loads((workdir / "eval" / "step3-sleep.passes=3-task.steps=1.json").read_text())
     assert record["step"] == 3
     assert record["config"]["sleep"]["passes"] == 3 and record["config"]["task"]["steps"] == 1
     assert record["eval_overrides"] == {

@@ -372,6 +372,6 @@ def test_two_processes_share_one_run(tmp_path):
     # One process, one device, evaluates the two-process checkpoint to the same metrics.
     evaluated = run_main(1, workdir, "--mode=eval", "--config.train.steps=2")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-    final = json.loads((workdir / "eval.json").read_text())
+    final = json.loads((workdir / "eval" / "step2.json").read_text())
     assert final["step"] == 2
     assert final["eval/loss"] == pytest.approx(records[-1]["eval/loss"], rel=1e-4)

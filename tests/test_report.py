@@ -240,3 +240,56 @@ def test_seeds_are_aggregated_and_chance_is_drawn(tmp_path, monkeypatch):
     assert "seed" in report.varying_fields(loaded)
     assert report._group_fields(loaded, report.difficulties(loaded, "accuracy")) == []
     assert report.spread([1.0, math.nan, 3.0]) == (2.0, 1.0, 3.0)
+
+
+def test_checkpoint_evals_at_other_n_make_a_trained_by_test_table(tmp_path):
+    """--mode=eval records (WORKDIR/eval/*.json) at N = 1, 2, 4 for runs trained at N = 1, 2
+    (two seeds each): a trained-N x test-N table (mean [min, max] over seeds) and a plot."""
+    for passes in (1, 2):
+        for seed in (0, 1):
+            workdir = write_run(
+                tmp_path / f"passes{passes}_seed{seed}",
+                rule110_config(passes, 2, seed=seed),
+                [{"step": 20, "eval/accuracy": 0.5}],
+            )
+            (workdir / "eval").mkdir()
+            for test_n in (1, 2, 4):
+                overrides = {}
+                if test_n != passes:
+                    overrides = {"sleep.passes": {"trained": passes, "evaluated": test_n}}
+                record = {
+                    "step": 20,
+                    "eval/accuracy": 0.1 * passes + 0.01 * test_n + 0.001 * seed,
+                    "config": {"sleep": {"passes": test_n}},
+                    "eval_overrides": overrides,
+                }
+                (workdir / "eval" / f"step20-{test_n}.json").write_text(json.dumps(record))
+            # A record overriding another field is not a point of the N x N table.
+            other = {**record, "eval_overrides": {"task.steps": {"trained": 2, "evaluated": 3}}}
+            other["eval/accuracy"] = 99.0
+            (workdir / "eval" / "step20-task.steps=3.json").write_text(json.dumps(other))
+    out = tmp_path / "report"
+    assert report.main([str(tmp_path), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    section = text[text.index("Sleeping longer") :]
+    rows = table_rows(section)
+    assert rows[0] == ["trained N", "test N = 1", "test N = 2", "test N = 4"]
+    assert rows[2] == [
+        "1",
+        "**0.1105 [0.1100, 0.1110] (2)**",
+        "0.1205 [0.1200, 0.1210] (2)",
+        "0.1405 [0.1400, 0.1410] (2)",
+    ]
+    assert rows[3][0] == "2" and rows[3][2] == "**0.2205 [0.2200, 0.2210] (2)**"
+    assert "99" not in section
+    data = (out / "test_time_accuracy.png").read_bytes()
+    assert data.startswith(PNG_MAGIC)
+    # Without records at another N there is no such section.
+    runs = [report.load_run(p) for p in report.find_runs([tmp_path])]
+    for run in runs:
+        run.checkpoint_evals = [r for r in run.checkpoint_evals if _own_n(r, run)]
+    assert report.test_time_table(runs) == ""
+
+
+def _own_n(record, run):
+    return record["config"]["sleep"]["passes"] == run.passes and not record["eval_overrides"]

@@ -193,8 +193,14 @@ def test_tiny_preset_trains_and_evaluates(tmp_path):
 
     result = run_main(*args, "--mode=eval")
     assert result.returncode == 0, result.stderr[-3000:]
-    evaluated = json.loads((workdir / "eval.json").read_text())
+    evaluated = json.loads((workdir / "eval" / "step2.json").read_text())
     assert evaluated["step"] == 2
+    # The record names the evaluated architecture (the checkpoint's), not hybrid fields.
+    model = evaluated["config"]["model"]
+    hf_config = json.loads((checkpoint / "config.json").read_text())
+    assert model["family"] == "ouro" and model["from_hf"] == str(checkpoint)
+    assert model["architecture"]["total_ut_steps"] == hf_config["total_ut_steps"]
+    assert "layers" not in model
     for op in (1, 2):
         for key in (f"eval/loss@op={op}", f"eval/accuracy@op={op}"):
             assert np.isfinite(final[key]) and np.isfinite(evaluated[key]), key
