@@ -31,6 +31,7 @@ import pytest
 
 from sleep_lm import sleep
 from sleep_lm.model import build_model
+from tests.tolerance import assert_relative
 
 VOCAB, T, L = 11, 16, 4
 PADS = (0, 8, 6)  # per row; see the module docstring
@@ -110,10 +111,6 @@ def by_hand(model, params, content, pad, passes, eviction):
         begin += length
 
 
-def relative_error(got, want):
-    return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
-
-
 @pytest.mark.parametrize(
     "positions, passes, eviction",
     [
@@ -138,14 +135,12 @@ def test_answer_logits_padded_equal_unpadded(positions, passes, eviction):
     pad = PADS[1]
     short = spec_for(T - pad, passes, eviction)
     want = jit(lambda p, t: sleep.sequence_logits(model, p, t, short)[0])(params, tokens[1:2, pad:])
-    err = relative_error(padded[1, -L:], want[0, -L:])
-    assert err < RTOL, f"row 1 (whole-window padding): relative error {err:.2e}"
+    assert_relative(padded[1, -L:], want[0, -L:], RTOL, "row 1 (whole-window padding)")
 
     # Row 2: padded by 1.5 windows -> the same content at the same window alignment.
     pad = PADS[2]
     want = jit(lambda p, t: by_hand(model, p, t, pad, passes, eviction))(params, tokens[2:3, pad:])
-    err = relative_error(padded[2, -L:], want[0, -L:])
-    assert err < RTOL, f"row 2 (padding inside a window): relative error {err:.2e}"
+    assert_relative(padded[2, -L:], want[0, -L:], RTOL, "row 2 (padding inside a window)")
 
 
 def test_an_all_valid_mask_changes_nothing():
@@ -277,12 +272,10 @@ def test_pretrained_families_pad_inertly(family):
     pad = PADS[1]
     short = spec_for(T - pad, 2, "sliding")
     want = jit(lambda p, t: sleep.sequence_logits(model, p, t, short)[0])(params, tokens[1:2, pad:])
-    err = relative_error(padded[1, -L:], want[0, -L:])
-    assert err < RTOL, f"row 1 (whole-window padding): relative error {err:.2e}"
+    assert_relative(padded[1, -L:], want[0, -L:], RTOL, "row 1 (whole-window padding)")
     pad = PADS[2]
     want = jit(lambda p, t: by_hand(model, p, t, pad, 2, "sliding"))(params, tokens[2:3, pad:])
-    err = relative_error(padded[2, -L:], want[0, -L:])
-    assert err < RTOL, f"row 2 (padding inside a window): relative error {err:.2e}"
+    assert_relative(padded[2, -L:], want[0, -L:], RTOL, "row 2 (padding inside a window)")
 
 
 def test_streaming_pads_like_training():
@@ -301,8 +294,7 @@ def test_streaming_pads_like_training():
     )
     got, _ = inference.streaming_logits(model, params, jnp.asarray(tokens), spec, valid=valid)
     for row in range(len(PADS)):
-        err = relative_error(got[row, -L:], want[row, -L:])
-        assert err < RTOL, f"row {row}: streaming vs training, relative error {err:.2e}"
+        assert_relative(got[row, -L:], want[row, -L:], RTOL, f"row {row}: streaming vs training")
 
 
 def test_gsm_infinite_batches_carry_the_padding_mask():

@@ -25,17 +25,14 @@ from sleep_lm.model.jet import (
     jet_core,
     jet_state,
 )
+from tests.tolerance import assert_relative
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "jet" / "gated_delta_golden.npz"
 RTOL = 1e-5  # relative to the largest reference value
 
 
 def assert_close(got, want, rtol=RTOL):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape
-    scale = max(np.abs(want).max(), 1e-30)
-    err = np.abs(got - want).max() / scale
-    assert err <= rtol, f"max error {err:.2e} of scale {scale:.2e} > {rtol:.0e}"
+    assert_relative(got, want, rtol)
 
 
 def random_params(shapes, seed):

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 from sleep_lm import ops
+from tests import tolerance
 
 BATCH, HEADS, KEY, VALUE = 2, 2, 8, 12
 RTOL_F32 = 1e-4
@@ -210,6 +211,7 @@ def test_gradients_chunked_match_recurrent(rule, decay):
         # a wrong gradient (e.g. the other rule's) errs by 3e-4 to 4e-2 of it: 1e-5 splits
         # the two with a wide margin on both sides.
         mag = float(np.sum(np.abs(np.asarray(grad, np.float64) * direction)))
+        tolerance.record(abs(ad - fd) / (1e-5 * mag), "directional derivative")
         assert abs(ad - fd) <= 1e-5 * mag, (
             f"{rule} recurrent d/d{name} ({decay}): autodiff {ad:.6e} vs float64 "
             f"central difference {fd:.6e} (scale {mag:.3e})"

@@ -21,6 +21,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from sleep_lm.pretrained import hf, load_hf, load_tokenizer, save_hf
+from tests.tolerance import assert_relative
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
 TINY = FIXTURES / "qwen2_tiny"
@@ -68,8 +69,7 @@ def test_logits_match_transformers(path):
         {"params": params}, tokens, jnp.arange(time), model.init_state(batch)
     )
     ref = expected["logits"]
-    err = np.abs(np.asarray(logits) - ref).max() / np.abs(ref).max()
-    assert err < 1e-4, err
+    assert_relative(logits, ref, 1e-4, "logits vs transformers")
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
     if path == SWA:
         assert model.config.layers == ("swa", "attn") and model.config.sliding_window == 4

@@ -19,6 +19,7 @@ import sleep_lm.pretrained.ouro as ouro_family
 from sleep_lm import inference, sleep
 from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions, insert_jet_layers
 from sleep_lm.pretrained import hf
+from tests.tolerance import assert_relative
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "ouro"
 TINY_JET = dict(jet_heads=2, jet_key_head_dim=8, jet_value_head_dim=16)
@@ -54,12 +55,12 @@ def test_loaded_logits_match_reference(loaded, expected):
     assert model.config.total_ut_steps == 3 and model.config.rope_theta == 1000.0
     assert len(model.config.layers) == 6  # 3 loops x 2 layers
     tokens = jnp.asarray(expected["tokens"])
-    assert _rel(_forward(model, params, tokens), expected["logits"]) < 1e-4
+    assert_relative(_forward(model, params, tokens), expected["logits"], 1e-4, "logits")
     positions = jnp.arange(tokens.shape[1])
     loop_logits, pdf, _ = model.apply(
         {"params": params}, tokens, positions, model.init_state(2), method=model.exit_logits
     )
-    assert _rel(loop_logits, expected["loop_logits"]) < 1e-4
+    assert_relative(loop_logits, expected["loop_logits"], 1e-4, "loop logits")
     np.testing.assert_allclose(pdf, expected["exit_pdf"], atol=1e-5)
 
 
