@@ -8,7 +8,7 @@ an end token are scored. The answer sits in the last window; every earlier windo
 Difficulty = operation count (sleep_lm.tasks.gsm_infinite.generator); evaluation per op:
 `eval/accuracy@op=K`, `eval/loss@op=K` (200 held-out problems per op by default).
 
-`scratch` (the default): a small hybrid trained from scratch on byte-level problems with 1-4
+`scratch` (the default): a small hybrid trained from scratch on byte-level problems with 2-4
 operations in 384 bytes (6 windows of 64). Sized for a CPU (a look at the pipeline, not a
 result: in its 600 steps it reaches the most-frequent-answer level, see the README):
 
@@ -22,7 +22,7 @@ Sweep N in {1, 2, 4} (`get_sweep`), then the report:
 
 Export the held-out problems of a run (same seq_len, seed and mix) as JSONL:
 
-  python -m sleep_lm.tasks.gsm_infinite.export --out /tmp/gsm_heldout.jsonl --ops 1-4 \
+  python -m sleep_lm.tasks.gsm_infinite.export --out /tmp/gsm_heldout.jsonl --ops 2-4 \
       --per_op 200 --seq_len 384
 
 The paper's fine-tunes (experiment 3) start from a Hugging Face checkpoint directory
@@ -55,9 +55,10 @@ middle 14 of 28 blocks (`sleep.loop_blocks=7:21`, which holds its attention laye
   python -m sleep_lm.sweep --config=experiments/gsm_infinite.py:jet \
       --config.init.from_hf=$HOME/models/Jet-Nemotron-2B --workdir=/ckpt/gsm_jet
 
-Both: problems with 1-8 operations in 3,300 tokens (the paper's longest; the task fills the
-prompt with distractors to task.seq_len), held out 200 per op (1,600), global batch 256, Muon
-lr 1e-3 for the weight matrices + AdamW lr 5e-5 for the rest (the paper's fine-tuning
+Both: problems with 2-8 operations in 2,000-3,295 tokens (the paper's lengths; the task fills
+the prompt with distractors to a length drawn in task.length_range), held out 200 per op
+(1,400), global batch 256, Muon lr 1e-3 for the weight matrices + AdamW lr 5e-5 for the rest
+(the paper's fine-tuning
 values), compute in bfloat16 (parameters and optimiser state float32), every device on the
 `fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch and
 eval_size must be multiples of the device count), `sleep.remat=pass`. Memory
@@ -74,7 +75,7 @@ init.from_hf for the architecture, and init takes one source.
 `tiny` (`tiny_jet`): the same pretrained path on a CPU in seconds, from a tiny random
 checkpoint that a command writes (no download; sleep_lm/pretrained/tiny.py): Ouro (2 layers
 looped twice) with 1 inserted Jet layer (`tiny_jet`: a 4-layer Jet-Nemotron-style model
-looping its middle 2 blocks), problems with 1-2 operations in 128 tokens of its byte-level
+looping its middle 2 blocks), problems with 2-3 operations in 128 tokens of its byte-level
 BPE tokenizer (4 windows of 32), N = 2, 4 steps, then the held-out evaluation. The weights
 are random: it shows that the path runs, not what sleep does:
 
@@ -137,9 +138,10 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     """What `ouro`, `ouro_sliding` and `jet` share (see the module docstring)."""
     _from_hf(config)
     config.task.seq_len = 3300  # the paper's longest problems (2,000-3,300 tokens)
-    config.task.min_op = 1
+    config.task.min_op = 2  # the benchmark generates ops >= 2 (the paper says 1-8)
     config.task.max_op = 8
-    config.task.eval_ops = "1-8"
+    config.task.eval_ops = "2-8"
+    config.task.length_range = "2000-3295"  # the paper's lengths, within the answer's room
     # Compute settings load_hf passes to the family (the model.width, heads, layers, ... above
     # are the hybrid's and unused: the architecture is the checkpoint's config.json).
     config.model.dtype = "bfloat16"
@@ -168,7 +170,7 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.train.weight_decay = 0.0
     config.train.log_every = 10
     config.train.eval_every = 250
-    config.train.eval_size = 200  # per op: 1,600 held-out problems for ops 1-8
+    config.train.eval_size = 200  # per op: 1,400 held-out problems for ops 2-8
     config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 2
     # Fully sharded data parallel over every device: parameters, optimiser state and batch.
@@ -181,9 +183,9 @@ def _tiny(config: config_dict.ConfigDict) -> None:
     """What `tiny` and `tiny_jet` share: the fine-tune's settings at toy size for a CPU."""
     _from_hf(config)
     config.task.seq_len = 128  # tokens of the tiny checkpoint's BPE (~350 bytes)
-    config.task.min_op = 1
-    config.task.max_op = 2
-    config.task.eval_ops = "1-2"
+    config.task.min_op = 2
+    config.task.max_op = 3
+    config.task.eval_ops = "2-3"
     config.model.dtype = "float32"
     # The Jet layers' delta rule as a scan over tokens: at 32-token windows on a CPU it
     # compiles faster than the chunked form the full-size presets use (the two agree to
@@ -220,9 +222,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task = config_dict.ConfigDict()
     config.task.name = "gsm_infinite"
     config.task.seq_len = 384  # bytes; a multiple of sleep.window (the answer's window wakes)
-    config.task.min_op = 1
+    config.task.min_op = 2  # ops >= 2, as the benchmark
     config.task.max_op = 4
-    config.task.eval_ops = "1-4"  # eval/accuracy@op=K for each
+    config.task.eval_ops = "2-4"  # eval/accuracy@op=K for each
+    # Prompt lengths drawn uniformly in "lo-hi" tokens; "" = the paper's 2,000-3,300 scaled
+    # to the prompt budget (seq_len minus the answer).
+    config.task.length_range = ""
     config.task.modes = "forward,reverse"
     config.task.templates = "zoo,school,festival"
     config.task.levels = "medium,hard"

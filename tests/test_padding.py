@@ -302,7 +302,7 @@ def test_gsm_infinite_batches_carry_the_padding_mask():
     padding in ``valid``; ``padding="filler"`` is the earlier layout (same tokens, no mask)."""
     from sleep_lm.tasks import get_task
 
-    cfg = {"name": "gsm_infinite", "seq_len": 384, "min_op": 1, "max_op": 2}
+    cfg = {"name": "gsm_infinite", "seq_len": 384, "min_op": 2, "max_op": 3}
     task = get_task(cfg)
     batch = task.sample(np.random.default_rng(0), 4)
     valid = batch["valid"]

@@ -29,7 +29,7 @@ Data sets (`name/config`):
   query asks k hops; the cycles and query sources are the same for every k, so the per-k
   sets are paired).
 - `gsm_infinite/{name}` for the GSM_INFINITE_CONFIGS: GsmInfinite (byte-level tokens), e.g.
-  `gsm_infinite/ops1-4_t512` (the `scratch` preset's task) and `gsm_infinite/ops1-8_t4096`.
+  `gsm_infinite/ops2-4_t512` (the `scratch` preset's task) and `gsm_infinite/ops2-8_t4096`.
   Splits `train`, `test` (the training op mix) and `test_op{k}` for every k in `test_ops`
   (`task.eval_batch(test_size, seed, op=k)`: the trainer's `eval/accuracy@op=k` set; the
   JSONL export `python -m sleep_lm.tasks.gsm_infinite.export` writes the same problems).
@@ -249,7 +249,7 @@ class GsmInfiniteConfig(tfds.core.BuilderConfig):
     split (the paper's held-out size per op)."""
 
     seq_len: int = 512
-    min_op: int = 1
+    min_op: int = 2  # the benchmark generates ops >= 2
     max_op: int = 8
     test_ops: tuple[int, ...] | None = None
     modes: str = "forward,reverse"
@@ -277,7 +277,7 @@ class GsmInfiniteBuilder(_TaskBuilder):
 
     name = "gsm_infinite"
     BUILDER_CONFIGS = [
-        GsmInfiniteConfig(name=f"ops1-{b}_t{t}", max_op=b, seq_len=t)
+        GsmInfiniteConfig(name=f"ops2-{b}_t{t}", max_op=b, seq_len=t)
         for b, t in GSM_INFINITE_CONFIGS
     ]
 

@@ -58,7 +58,7 @@ def test_full_presets_hold_the_papers_settings():
             5e-5,
         )
         assert (config.mesh.data, config.mesh.fsdp, config.mesh.tensor) == (1, -1, 1)
-        assert (config.task.min_op, config.task.max_op, config.train.eval_size) == (1, 8, 200)
+        assert (config.task.min_op, config.task.max_op, config.train.eval_size) == (2, 8, 200)
         assert [p["sleep.passes"] for p in sweep(name)] == passes
     assert preset("ouro").model.hf_options.jet_positions == 6
     with pytest.raises(ValueError, match="choose one preset, got ouro, jet"):
@@ -188,7 +188,7 @@ def test_tiny_preset_trains_and_evaluates(tmp_path):
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [1, 2]
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in train)
-    final = [r for r in records if "eval/loss@op=2" in r][-1]
+    final = [r for r in records if "eval/loss@op=3" in r][-1]
     assert final["step"] == 2
 
     result = run_main(*args, "--mode=eval")
@@ -201,6 +201,6 @@ def test_tiny_preset_trains_and_evaluates(tmp_path):
     assert model["family"] == "ouro" and model["from_hf"] == str(checkpoint)
     assert model["architecture"]["total_ut_steps"] == hf_config["total_ut_steps"]
     assert "layers" not in model
-    for op in (1, 2):
+    for op in (2, 3):
         for key in (f"eval/loss@op={op}", f"eval/accuracy@op={op}"):
             assert np.isfinite(final[key]) and np.isfinite(evaluated[key]), key

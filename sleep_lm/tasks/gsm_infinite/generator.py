@@ -1,201 +1,265 @@
-"""The GSM-Infinite-style problem generator (our own code, written from the paper's description).
+"""The GSM-Infinite-style problem generator (our own code; the semantics follow the benchmark's
+published "realistic" generator, read side by side: see README.md in this folder).
 
-World. A template (``worlds.py``) names locations, item types and qualifiers. A world draws
-1-3 locations, 1-3 item types per location and, at level "hard", 1-2 qualifiers per item
-type. Every leaf is an *instance* quantity; *implicit totals* sum the quantities below one
-node: "medium" (2 levels) has one total per location (over its items); "hard" (3 levels) has
-one total per (location, item type) (over its qualifiers) and one per location (over its item
-totals).
+World (structure graph). A template (``worlds.py``) gives locations and item types. The widths
+w0 <= w1 (1..5) and the number of location-item edges e (<= 20) are drawn from distributions
+that grow with the requested op (the benchmark's scale s(op)); every item sits in one or more
+locations. Quantities: a *count* per (location, item) edge and an *item total* per location
+(the sum of its counts); "hard" (d = 3) adds an *average* per edge ("the average number of
+newborn children per adult owl in X") and a *child total* per location, the sum over its items
+of count x average (a product of two quantities).
 
-Dependency graph. The instances are defined one by one in a random order; each gets exactly one
-statement, of one of six kinds (k a constant):
+Dependency graph. Counts and averages (instances) are defined one by one in a random order;
+each statement has 1..4 operands: the constant source ("RNG") and earlier quantities (earlier
+instances, or totals whose components are all defined):
 
-    const   "A equals k."                          k in 1..4
-    plus    "A equals k more than B."              A = B + k, k in 1..4
-    times   "A equals k times B."                  A = k * B, k in 2..4
-    equal   "A equals B."
-    sum     "A equals the sum of B and C."         A = B + C
-    diff    "A equals B minus C."                  A = B - C
+    RNG only                  "A equals k."                                   k in 1..4
+    one quantity              "A equals B."
+    two quantities            "A equals the sum of B and C." / "... the difference between B and C."
+    three or more             "A equals the sum of B, C, and D."
+    RNG + quantities          "A equals k plus <the above>." (k in 1..4) / "k times ..." (k 2..4)
 
-where B, C are quantities already defined: earlier instances, or totals whose components are
-all defined (so the graph is acyclic). Totals have no statement: they are implied by the
-world (a total is the sum of every instance mentioned under its node). Every quantity of the
-world, used or not, is an integer in [0, 1000]; a definition that would leave the range is
-redrawn (after a few tries: a constant).
+Totals have no statement (implied by the world). The benchmark's number range 5: constants 1..4.
 
-Operation count (difficulty, ``op``). The *in-degree* of a quantity is the number of operands
-of its definition, constants included: const 1, equal 1, plus 2, times 2, sum 2, diff 2, and
-a total the number of its components. The operation count of a problem is the sum of the
-in-degrees over the quantities on its solution path (as GSM-Infinite counts: A = 2 (1),
-D = A (1), X = A + D (2) gives 4):
+Operation count (``op``). The in-degree of a quantity is its number of operands (RNG counts
+one; a child total counts both factors of each product); ``op`` is the sum of in-degrees over
+the asked quantity T and all its ancestors (the solution path). The same path and count serve
+both modes: in reverse mode the unknown's own edge (its constant) counts too. ops >= 2.
 
-- forward: the path is the asked quantity T and all its ancestors; T is the last quantity of
-  the path in dependency order.
-- reverse: one instance U among T's ancestors has its statement removed ("unknown but
-  positive"); the question gives T's value and asks for U. The path is T and its ancestors,
-  not expanding U (U is now a leaf with in-degree 0); the count is over that path, so it
-  counts exactly the definitions the solver must use. T depends on U affinely (every product
-  has a constant factor), T = a * U + b; draws with a = 0 (T does not determine U) or U < 1
-  are rejected, so U is unique and positive.
+Modes. Forward: the question asks for T. Reverse: the unknown U is the last constant-only
+instance of T's path in dependency order; its statement becomes "U is a positive number.", T's
+value is one more statement ("T equals v."), and the question asks for U (unique: T must be
+linear in U with a nonzero slope; draws that are not are rejected).
 
-A world is redrawn until some quantity (forward) or (T, U) pair (reverse) has the requested
-count; the question is drawn uniformly among those.
+Values. Every quantity on the path is an integer in [0, 1000], and only totals and averages may
+be 0; draws that break this are rejected and redrawn.
 
-Text. The problem (``problem``) is the shuffled statements joined by spaces: the path's
-definitions, unneeded definitions of the same world (in-distribution distractors), and noise
-statements about worlds of the *other* templates (instances only, defined by constants or from
-earlier noise quantities), added until the prompt reaches ``length`` tokens. The prompt the
-model reads is ``format_prompt``: the question first, then the problem, then "Answer:"; the
-answer follows as " <integer>". ``length`` is the prompt's token count in the tokenizer in
-use. With a target length, the prompt ends at most ``length`` tokens and, unless the noise
-vocabulary runs out, less than one (short) noise statement below it: ``length - result`` is
-smaller than the shortest noise statement tried last (< 72 tokens with the byte tokenizer).
-
-Solution (``solution``): one step per path quantity in dependency order, e.g. "Define the
-number of owls in Pine Ridge Zoo as B; so B = A + 2 = 5 + 2 = 7." and "Answer: 7."; in
-reverse mode the unknown is x, every step gives its value as "a * x + b", and the last line
-solves for x.
+Text. ``sentences``: the path's statements, every other statement of the world (unneeded
+in-world quantities), and filler statements until the prompt reaches the target length. Filler
+uses the template's own schema with invented names (``Template.filler_*``), each defined from
+one or two of the problem's real quantities ("The number of adult herons in Quillmoor Zoo
+equals the sum of <real> and <real>."), so no sentence can be skipped by its words. Sentences
+are shuffled; ``necessary`` marks the path's. The prompt (``format_prompt``) is the question
+first, then the statements, then "Answer:"; the answer follows as " <integer>".
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
 from sleep_lm.tasks.gsm_infinite import tokens as tokens_lib
-from sleep_lm.tasks.gsm_infinite.worlds import WORLDS, Template, instance_name, total_name
+from sleep_lm.tasks.gsm_infinite.worlds import (
+    WORLDS,
+    Template,
+    average_name,
+    count_name,
+    total_name,
+)
 
 TEMPLATES = tuple(WORLDS)  # ("zoo", "school", "festival")
 MODES = ("forward", "reverse")
 LEVELS = ("medium", "hard")
+DEPTH = {"medium": 2, "hard": 3}  # the benchmark's d
+# The benchmark's template mix (zoo : school : festival = 2 : 1 : 1).
+TEMPLATE_WEIGHTS = {"zoo": 2, "school": 1, "festival": 1}
+# The benchmark's names of templates and modes (the JSONL export in its layout).
+BENCHMARK_TEMPLATE = {
+    "zoo": "crazy_zootopia",
+    "school": "teachers_in_school",
+    "festival": "movie_festival_awards",
+}
+BENCHMARK_MODE = {"forward": "normalforward", "reverse": "forwardreverse"}
+MIN_OP = 2
 MAX_VALUE = 1000
-MAX_ATTEMPTS = 2000  # world draws per problem before giving up (an op the setup cannot reach)
-
-# Definition kinds of instance quantities and their draw weights.
-KINDS = ("const", "plus", "times", "equal", "sum", "diff")
-_KIND_P = np.array([0.25, 0.15, 0.1, 0.1, 0.25, 0.15])
-_ARITY = {"const": 0, "plus": 1, "times": 1, "equal": 1, "sum": 2, "diff": 2}
-_INDEGREE = {"const": 1, "plus": 2, "times": 2, "equal": 1, "sum": 2, "diff": 2}
+MAX_ATTEMPTS = 4000  # world draws per problem before giving up
+MAX_EDGES = 20  # the benchmark's ip_max
+# Its generation script's op ceiling per requested op (ops 2..20); beyond 20: 1.5 x op.
+_CEILING = {2: 3, 3: 4, 4: 4, 5: 6, 6: 6, 7: 10, 8: 10, 9: 10, 10: 15, 11: 15}
+_CEILING.update({k: 20 for k in range(12, 16)} | {k: 25 for k in range(16, 19)} | {19: 30, 20: 30})
 
 
 @dataclasses.dataclass
 class Quantity:
-    name: str  # "the number of owls in Pine Ridge Zoo" (lower case)
-    kind: str  # one of KINDS, or "total"
-    args: tuple[int, ...] = ()  # indices of operand quantities
-    k: int = 0  # the constant of const / plus / times
+    name: str
+    kind: str  # "count", "average", "total" (sum of counts), "children" (sum of count x average)
+    location: str
+    args: tuple[int, ...] = ()  # operand quantities (totals: components; children: pairs)
+    k: int = 0  # constant (0: no RNG operand)
+    times: bool = False  # k multiplies the operands' result (else: k plus it)
+    diff: bool = False  # two operands: their difference (else: the sum of all operands)
     value: int = 0
+    order: int = -1  # definition order (instances), -1 for totals
 
     @property
     def indegree(self) -> int:
-        return len(self.args) if self.kind == "total" else _INDEGREE[self.kind]
+        return len(self.args) + (1 if self.k else 0)
+
+    @property
+    def implicit(self) -> bool:
+        return self.kind in ("total", "children")
 
 
 def _capital(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
+def _operands_text(names: list[str], diff: bool) -> str:
+    if len(names) == 1:
+        return names[0]
+    if len(names) == 2:
+        word = "the difference between" if diff else "the sum of"
+        return f"{word} {names[0]} and {names[1]}"
+    return "the sum of " + ", ".join(names[:-1]) + f", and {names[-1]}"
+
+
 def statement(q: Quantity, world: list[Quantity]) -> str:
     """The one sentence that defines instance ``q``."""
-    a = _capital(q.name)
-    names = [world[i].name for i in q.args]
-    if q.kind == "const":
-        return f"{a} equals {q.k}."
-    if q.kind == "plus":
-        return f"{a} equals {q.k} more than {names[0]}."
-    if q.kind == "times":
-        return f"{a} equals {q.k} times {names[0]}."
-    if q.kind == "equal":
-        return f"{a} equals {names[0]}."
-    if q.kind == "sum":
-        return f"{a} equals the sum of {names[0]} and {names[1]}."
-    if q.kind == "diff":
-        return f"{a} equals {names[0]} minus {names[1]}."
-    raise ValueError(f"no statement for a {q.kind} quantity")
+    rhs = _operands_text([world[i].name for i in q.args], q.diff) if q.args else ""
+    if q.k and rhs:
+        rhs = f"{q.k} {'times' if q.times else 'plus'} {rhs}"
+    elif q.k:
+        rhs = str(q.k)
+    return f"{_capital(q.name)} equals {rhs}."
 
 
-def _evaluate(kind: str, k: int, values: list[int]) -> int:
-    if kind == "const":
-        return k
-    if kind == "plus":
-        return values[0] + k
-    if kind == "times":
-        return k * values[0]
-    if kind == "equal":
-        return values[0]
-    if kind == "sum":
-        return values[0] + values[1]
-    if kind == "diff":
-        return values[0] - values[1]
-    raise ValueError(kind)
+def _combine(q: Quantity, values: list) -> object:
+    """q's value from its operands' values (ints, or ``_Affine`` in reverse mode)."""
+    if q.kind == "children":
+        return sum((values[i] * values[i + 1] for i in range(0, len(values), 2)), 0)
+    if not values:
+        return q.k
+    inner = values[0] - values[1] if q.diff else sum(values[1:], values[0])
+    if not q.k:
+        return inner
+    return inner * q.k if q.times else inner + q.k
+
+
+class _Affine:
+    """a * x + b with integer a, b; a product of two non-constants raises ``_Nonlinear``."""
+
+    def __init__(self, a: int, b: int):
+        self.a, self.b = a, b
+
+    def __add__(self, other):
+        o = other if isinstance(other, _Affine) else _Affine(0, other)
+        return _Affine(self.a + o.a, self.b + o.b)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        o = other if isinstance(other, _Affine) else _Affine(0, other)
+        return _Affine(self.a - o.a, self.b - o.b)
+
+    def __mul__(self, other):
+        o = other if isinstance(other, _Affine) else _Affine(0, other)
+        if self.a and o.a:
+            raise _Nonlinear
+        return _Affine(self.a * o.b + o.a * self.b, self.b * o.b)
+
+    __rmul__ = __mul__
+
+
+class _Nonlinear(Exception):
+    pass
 
 
 # ------------------------------------------------------------------------------- worlds
 
 
-def _draw_world(rng: np.random.Generator, template: Template, level: str) -> list[Quantity]:
-    """Quantities of one world with their definitions and values (see the module docstring)."""
+def scale(op: int) -> int:
+    """The benchmark's structure scale s for a requested op (its script's ceiling, halved)."""
+    return (_CEILING.get(op, math.ceil(1.5 * op)) + 1) // 2
+
+
+def _draw_structure(rng, template: Template, op: int, mode: str, d: int) -> list[tuple[str, str]]:
+    """(location, item) edges; widths and edge count grow with ``scale(op)`` as the
+    benchmark's structure graphs do (soft-max weights over widths 1..5)."""
+    s = scale(op)
+    rel = (s - 1) / (MAX_EDGES - 1)
+    weights = np.exp([-((rel - c) ** 2) for c in (0.1, 0.3, 0.5, 0.7, 0.9)])
+    t = rng.choice(np.arange(1, 6), size=2, p=weights / weights.sum())
+    if s <= 5:  # small problems: the benchmark narrows the widths
+        t = np.maximum(t, 2) if (mode == "forward" and d == 2) else np.minimum(t, 3)
+    w0, w1 = int(t.min()), int(t.max())
+    e = int(min(rng.integers((d - 1) * w0, MAX_EDGES + 1, size=2).min(), w1**2 + (d - 2) * w1))
+    sizes = [w0, w0]  # locations, items; grown towards w1 until e edges fit
+    p = rng.random()
+    while sizes != [w1, w1]:
+        grow = [i for i in (0, 1) if sizes[i] < w1]
+        if sizes[0] * sizes[1] < e or (sizes[1] != e and rng.random() < p):
+            sizes[grow[int(rng.integers(len(grow)))]] += 1
+        else:
+            break
+    n_loc, n_item = sizes
+    n_loc, n_item = min(n_loc, len(template.locations)), min(n_item, len(template.items))
+    locs = [template.locations[i] for i in rng.choice(len(template.locations), n_loc, False)]
+    items = [template.items[i] for i in rng.choice(len(template.items), n_item, False)]
+    edges = {(locs[int(rng.integers(n_loc))], item) for item in items}  # every item placed
+    target = min(e, n_loc * n_item)
+    while len(edges) < target:
+        bare = [loc for loc in locs if all(x != loc for x, _ in edges)]
+        loc = bare[0] if bare else locs[int(rng.integers(n_loc))]
+        edges.add((loc, items[int(rng.integers(n_item))]))
+    return sorted(edges, key=lambda x: (locs.index(x[0]), items.index(x[1])))
+
+
+def _draw_world(rng, template: Template, op: int, mode: str, level: str) -> list[Quantity]:
+    """Quantities with their definitions and values (see the module docstring)."""
+    d = DEPTH[level]
+    edges = _draw_structure(rng, template, op, mode, d)
     world: list[Quantity] = []
-    instances: list[int] = []
-    totals: list[int] = []  # in dependency order: item totals before their location total
-    n_loc = int(rng.integers(1, 4))
-    for loc in rng.choice(len(template.locations), n_loc, replace=False):
-        location = template.locations[loc]
-        loc_parts = []
-        n_items = int(rng.integers(1, 4))
-        for it in rng.choice(len(template.items), n_items, replace=False):
-            item = template.items[it]
-            if level == "hard":
-                leaves = []
-                n_q = int(rng.integers(1, 3))
-                for qi in rng.choice(len(template.qualifiers), n_q, replace=False):
-                    name = instance_name(template, location, item, template.qualifiers[qi])
-                    world.append(Quantity(name, "const"))
-                    instances.append(len(world) - 1)
-                    leaves.append(len(world) - 1)
-                world.append(Quantity(total_name(template, location, item), "total", tuple(leaves)))
-                totals.append(len(world) - 1)
-                loc_parts.append(len(world) - 1)
-            else:
-                world.append(Quantity(instance_name(template, location, item, None), "const"))
-                instances.append(len(world) - 1)
-                loc_parts.append(len(world) - 1)
-        world.append(Quantity(total_name(template, location, None), "total", tuple(loc_parts)))
+    instances, totals = [], []
+    for loc in dict.fromkeys(loc for loc, _ in edges):
+        counts, pairs = [], []
+        for _, item in (x for x in edges if x[0] == loc):
+            world.append(Quantity(count_name(template, loc, item), "count", loc))
+            counts.append(len(world) - 1)
+            if d == 3:
+                world.append(Quantity(average_name(template, loc, item), "average", loc))
+                pairs += [counts[-1], len(world) - 1]
+        instances += counts + pairs[1::2]
+        world.append(Quantity(total_name(template, loc, False), "total", loc, tuple(counts)))
         totals.append(len(world) - 1)
+        if d == 3:
+            world.append(Quantity(total_name(template, loc, True), "children", loc, tuple(pairs)))
+            totals.append(len(world) - 1)
 
     defined: list[int] = []
-    done = set()
     pending = list(totals)
-    for i in rng.permutation(instances):
+    for order, i in enumerate(rng.permutation(instances)):
         q = world[int(i)]
-        for _ in range(4):
-            kind = KINDS[int(rng.choice(len(KINDS), p=_KIND_P))]
-            if len(defined) < _ARITY[kind] or (kind == "diff" and len(defined) < 2):
-                continue
-            args = tuple(int(a) for a in rng.choice(defined, _ARITY[kind], replace=False))
-            k = int(rng.integers(2, 5)) if kind == "times" else int(rng.integers(1, 5))
-            value = _evaluate(kind, k, [world[a].value for a in args])
-            if 0 <= value <= MAX_VALUE:
-                break
-        else:
-            kind, args, k = "const", (), int(rng.integers(1, 5))
-            value = k
-        q.kind, q.args, q.k, q.value = kind, args, k, value
+        # Operand count as the benchmark's unneeded-parameter rule: 1, then +1 w.p. 1/2 up to 4.
+        dep = 1
+        while dep < min(4, len(defined) + 1) and rng.random() < 0.5:
+            dep += 1
+        use_rng = dep == len(defined) + 1 or rng.random() < 0.5
+        n_args = dep - 1 if use_rng else dep
+        q.args = tuple(int(a) for a in rng.choice(defined, n_args, replace=False)) if n_args else ()
+        q.k, q.times = 0, False
+        if use_rng or not q.args:
+            q.times = bool(q.args) and rng.random() < 0.5
+            q.k = int(rng.integers(2 if q.times else 1, 5))
+        q.diff = len(q.args) == 2 and rng.random() < 0.5
+        q.order = order
         defined.append(int(i))
-        done.add(int(i))
-        # Totals become usable once all their components are defined.
-        for t in list(pending):
-            if all(a in done for a in world[t].args):
-                world[t].value = sum(world[a].value for a in world[t].args)
+        q.value = _value(q, world)
+        for t in list(pending):  # totals become usable once all their components are defined
+            if all(world[a].order >= 0 for a in world[t].args):
+                world[t].value = _value(world[t], world)
                 pending.remove(t)
-                done.add(t)
                 defined.append(t)
     return world
 
 
-def _ancestors(world: list[Quantity], target: int, stop: int | None = None) -> list[int]:
-    """Target and its ancestors in dependency order (postorder), not expanding ``stop``."""
+def _value(q: Quantity, world, env=None) -> object:
+    return _combine(q, [env[a] if env is not None else world[a].value for a in q.args])
+
+
+def _ancestors(world: list[Quantity], target: int) -> list[int]:
+    """Target and its ancestors, in dependency order (postorder)."""
     order: list[int] = []
     seen: set[int] = set()
 
@@ -203,59 +267,56 @@ def _ancestors(world: list[Quantity], target: int, stop: int | None = None) -> l
         if i in seen:
             return
         seen.add(i)
-        if i != stop:
-            for a in world[i].args:
-                visit(a)
+        for a in world[i].args:
+            visit(a)
         order.append(i)
 
     visit(target)
     return order
 
 
-def _op_count(world, path, unknown=None) -> int:
-    return sum(world[i].indegree for i in path if i != unknown)
+def op_count(world: list[Quantity], path: list[int]) -> int:
+    return sum(world[i].indegree for i in path)
 
 
-def _affine(world, path, unknown) -> dict[int, tuple[int, int]]:
-    """(a, b) with value = a * x + b for every path quantity, x the unknown's value."""
-    out: dict[int, tuple[int, int]] = {}
+def _valid_values(world, path) -> bool:
     for i in path:
-        q = world[i]
-        if i == unknown:
-            out[i] = (1, 0)
-            continue
-        ab = [out[a] for a in q.args]
-        if q.kind == "const":
-            out[i] = (0, q.k)
-        elif q.kind == "plus":
-            out[i] = (ab[0][0], ab[0][1] + q.k)
-        elif q.kind == "times":
-            out[i] = (q.k * ab[0][0], q.k * ab[0][1])
-        elif q.kind == "equal":
-            out[i] = ab[0]
-        elif q.kind in ("sum", "total"):
-            out[i] = (sum(a for a, _ in ab), sum(b for _, b in ab))
-        elif q.kind == "diff":
-            out[i] = (ab[0][0] - ab[1][0], ab[0][1] - ab[1][1])
-    return out
+        v = world[i].value
+        if not 0 <= v <= MAX_VALUE or (v == 0 and world[i].kind == "count"):
+            return False
+    return True
+
+
+def _unknown(world, path, target) -> tuple[int, int, int] | None:
+    """(unknown, slope, intercept) for reverse mode, or None (no constant-only instance, or
+    the target is not linear in it with a nonzero slope)."""
+    consts = [i for i in path if i != target and not world[i].args and not world[i].implicit]
+    if not consts:
+        return None
+    u = max(consts, key=lambda i: world[i].order)
+    env: dict[int, object] = {}
+    try:
+        for i in path:
+            env[i] = _Affine(1, 0) if i == u else _value(world[i], world, env)
+            if not isinstance(env[i], _Affine):
+                env[i] = _Affine(0, env[i])
+    except _Nonlinear:
+        return None
+    if env[target].a == 0:
+        return None
+    return u, env[target].a, env[target].b
 
 
 def _candidates(world, op: int, mode: str) -> list[tuple[int, int | None]]:
     found = []
     for t in range(len(world)):
         path = _ancestors(world, t)
-        if mode == "forward":
-            if _op_count(world, path) == op:
-                found.append((t, None))
+        if op_count(world, path) != op or not _valid_values(world, path):
             continue
-        for u in path[:-1]:
-            if world[u].kind == "total" or world[u].value < 1:
-                continue
-            reduced = _ancestors(world, t, stop=u)
-            if _op_count(world, reduced, u) != op:
-                continue
-            if _affine(world, reduced, u)[t][0] != 0:
-                found.append((t, u))
+        if mode == "forward":
+            found.append((t, None))
+        elif (unknown := _unknown(world, path, t)) is not None:
+            found.append((t, unknown[0]))
     return found
 
 
@@ -263,7 +324,7 @@ def _candidates(world, op: int, mode: str) -> list[tuple[int, int | None]]:
 
 
 def _letters(n: int) -> list[str]:
-    alphabet = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWYZ"]  # no X: x is reverse mode's unknown
+    alphabet = list("ABCDEFGHIJKLMNOPQRSTUVWYZ")  # no X: x is reverse mode's unknown
     out = list(alphabet)
     while len(out) < n:
         out += [a + b for a in alphabet for b in alphabet]
@@ -282,26 +343,26 @@ def _format_affine(a: int, b: int) -> str:
 
 
 def _expression(q: Quantity, refs: list[str]) -> str:
-    if q.kind == "const":
+    if q.kind == "children":
+        return " + ".join(f"{refs[i]} * {refs[i + 1]}" for i in range(0, len(refs), 2))
+    if not refs:
         return str(q.k)
-    if q.kind == "plus":
-        return f"{refs[0]} + {q.k}"
-    if q.kind == "times":
-        return f"{q.k} * {refs[0]}"
-    if q.kind == "equal":
-        return refs[0]
-    if q.kind in ("sum", "total"):
-        return " + ".join(refs)
-    if q.kind == "diff":
-        return f"{refs[0]} - {refs[1]}"
-    raise ValueError(q.kind)
+    inner = f"{refs[0]} - {refs[1]}" if q.diff else " + ".join(refs)
+    if not q.k:
+        return inner
+    inner = f"({inner})" if len(refs) > 1 else inner
+    return f"{q.k} * {inner}" if q.times else f"{q.k} + {inner}"
 
 
 def _solution(world, path, target, unknown, given) -> str:
     names = dict(zip(path, _letters(len(path)), strict=True))
+    affine = {}
     if unknown is not None:
         names[unknown] = "x"
-        affine = _affine(world, path, unknown)
+        for i in path:
+            affine[i] = _Affine(1, 0) if i == unknown else _value(world[i], world, affine)
+            if not isinstance(affine[i], _Affine):
+                affine[i] = _Affine(0, affine[i])
     steps = []
     for i in path:
         q = world[i]
@@ -312,27 +373,23 @@ def _solution(world, path, target, unknown, given) -> str:
         head = f"Define {q.name} as {letter}; so {letter} = "
         expr = _expression(q, [names[a] for a in q.args])
         if unknown is None:
-            numbers = _expression(q, [str(world[a].value) for a in q.args])
-            chain = [expr, numbers] if q.args else [expr]
-            if chain[-1] != str(q.value):
-                chain.append(str(q.value))
-        else:
             chain = [expr]
-            value = _format_affine(*affine[i])
-            if value != expr:
-                chain.append(value)
+            if q.args:
+                chain.append(_expression(q, [str(world[a].value) for a in q.args]))
+            chain.append(str(q.value))
+        else:
+            chain = [expr, _format_affine(affine[i].a, affine[i].b)]
         steps.append(head + " = ".join(dict.fromkeys(chain)) + ".")
     if unknown is None:
         steps.append(f"Answer: {world[target].value}.")
     else:
-        a, b = affine[target]
+        a, b = affine[target].a, affine[target].b
         shifted = f"{given} - {b}" if b >= 0 else f"{given} + {-b}"
-        x = world[unknown].value
         steps.append(
             f"We know {names[target]} = {given}, so {_format_affine(a, b)} = {given}, "
-            f"so x = ({shifted}) / {a} = {x}."
+            f"so x = ({shifted}) / {a} = {world[unknown].value}."
         )
-        steps.append(f"Answer: {x}.")
+        steps.append(f"Answer: {world[unknown].value}.")
     return " ".join(steps)
 
 
@@ -346,48 +403,30 @@ def answer_text(answer: int) -> str:
     return f" {int(answer)}"
 
 
-class _Noise:
-    """Noise statements from the other templates' vocabularies (instances only: each defined
-    by a constant or from an earlier noise quantity of its world)."""
+class _Filler:
+    """Filler statements in the template's own schema with invented names, each defined from
+    one or two real quantities of the problem (``real``: their names)."""
 
-    def __init__(self, rng: np.random.Generator, template: str):
-        self.rng = rng
-        self.templates = [WORLDS[t] for t in TEMPLATES if t != template]
+    def __init__(self, rng, template: Template, level: str, real: list[str]):
+        self.rng, self.t, self.real = rng, template, real
+        self.hard = level == "hard"
         self.used: set[str] = set()
-        self.defined: dict[str, list[tuple[str, int]]] = {t.name: [] for t in self.templates}
 
-    def draw(self) -> tuple[str, str, int] | None:
-        """(sentence, name, value, template) of a fresh noise quantity; None when 64 draws
-        found none unused. ``accept`` it to make it usable by later noise statements."""
-        rng = self.rng
+    def draw(self) -> str | None:
+        rng, t = self.rng, self.t
         for _ in range(64):
-            t = self.templates[int(rng.integers(len(self.templates)))]
-            location = t.locations[int(rng.integers(len(t.locations)))]
-            item = t.items[int(rng.integers(len(t.items)))]
-            qualifier = t.qualifiers[int(rng.integers(len(t.qualifiers)))]
-            name = instance_name(t, location, item, qualifier if rng.random() < 0.3 else None)
+            loc = t.filler_locations[int(rng.integers(len(t.filler_locations)))]
+            item = t.filler_items[int(rng.integers(len(t.filler_items)))]
+            average = self.hard and rng.random() < 0.5
+            name = (average_name if average else count_name)(t, loc, item)
             if name in self.used:
                 continue
-            earlier = self.defined[t.name]
-            kind = "const" if not earlier or rng.random() < 0.5 else KINDS[int(rng.integers(1, 4))]
-            k = int(rng.integers(2, 5)) if kind == "times" else int(rng.integers(1, 5))
-            if kind == "const":
-                return self._sentence(name, f"{k}", k, t)
-            other, value = earlier[int(rng.integers(len(earlier)))]
-            value = _evaluate(kind, k, [value])
-            if value > MAX_VALUE:
-                return self._sentence(name, f"{k}", k, t)
-            rhs = {"plus": f"{k} more than {other}", "times": f"{k} times {other}"}.get(kind, other)
-            return self._sentence(name, rhs, value, t)
+            self.used.add(name)
+            n = min(len(self.real), 1 if rng.random() < 0.5 else 2)
+            refs = [self.real[int(j)] for j in rng.choice(len(self.real), n, replace=False)]
+            diff = n == 2 and rng.random() < 0.5
+            return f"{_capital(name)} equals {_operands_text(refs, diff)}."
         return None
-
-    def _sentence(self, name, rhs, value, template):
-        return f"{_capital(name)} equals {rhs}.", name, value, template
-
-    def accept(self, drawn) -> None:
-        _, name, value, template = drawn
-        self.used.add(name)
-        self.defined[template.name].append((name, value))
 
 
 # ------------------------------------------------------------------------------- problems
@@ -400,9 +439,26 @@ def _check_choice(field: str, value, allowed) -> str:
 
 
 def check_op(op, field: str = "op") -> int:
-    if isinstance(op, bool) or not isinstance(op, int | np.integer) or op < 1:
-        raise ValueError(f"{field} must be an integer >= 1, got {op!r}")
+    if isinstance(op, bool) or not isinstance(op, int | np.integer) or op < MIN_OP:
+        raise ValueError(
+            f"{field} must be an integer >= {MIN_OP} (the benchmark's smallest op), got {op!r}"
+        )
     return int(op)
+
+
+def check_length(length, field: str = "length"):
+    """None, an int >= 1, or (lo, hi) with 1 <= lo <= hi; returns (lo, hi) or None."""
+    if length is None:
+        return None
+    if isinstance(length, int | np.integer) and not isinstance(length, bool):
+        length = (int(length), int(length))
+    try:
+        lo, hi = (int(v) for v in length)
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} must be an int or (lo, hi) tokens, got {length!r}") from None
+    if not 1 <= lo <= hi:
+        raise ValueError(f"{field} must satisfy 1 <= lo <= hi, got {length!r}")
+    return lo, hi
 
 
 def generate_problem(
@@ -412,7 +468,7 @@ def generate_problem(
     mode: str,
     template: str,
     level: str = "medium",
-    length: int | None = None,
+    length=None,
     tokenizer=None,
     noise: bool = True,
 ) -> dict:
@@ -420,52 +476,60 @@ def generate_problem(
 
     Args:
       rng: the source of randomness (the problem is a deterministic function of its state).
-      op: the operation count (>= 1).
-      mode: "forward" or "reverse" (``MODES``).
-      template: a world template (``TEMPLATES``).
-      level: "medium" (2-level hierarchy) or "hard" (3 levels).
-      length: target prompt length in tokens (distractors and noise are added up to it);
-        None: the path's statements and the question only.
+      op: the operation count (>= 2).
+      mode, template, level: from ``MODES``, ``TEMPLATES``, ``LEVELS``.
+      length: the prompt's target length in tokens: an int, or (lo, hi) to draw it uniformly
+        (raised to the world's own statements when those are longer, up to hi); filler is
+        added up to it. None: the world's statements and the question only (no filler).
       tokenizer: measures ``length`` (default: ``tokens.ByteTokenizer()``, i.e. bytes).
-      noise: add statements from other templates when the world's distractors run out.
+      noise: add filler statements (otherwise the prompt stops at the world's statements).
 
     Returns:
-      dict with ``problem`` (the statements), ``question``, ``solution``, ``answer`` (int),
-      ``op``, ``template``, ``mode``, ``level``, ``length`` (tokens of ``prompt``) and
-      ``prompt`` (``format_prompt(question, problem)``).
+      dict: ``problem`` (the statements joined), ``sentences`` (list, in order), ``necessary``
+      (list of bool per sentence: on the solution path), ``question``, ``solution``,
+      ``answer`` (int), ``op``, ``template``, ``mode``, ``level``, ``d`` (2 or 3), ``length``
+      (tokens of ``prompt``) and ``prompt`` (``format_prompt(question, problem)``).
 
     Raises:
-      ValueError naming the field: unknown template / mode / level, bad op, or a ``length``
-      that the problem's own statements do not fit in.
+      ValueError naming the field: unknown template / mode / level, bad op or length, or a
+      length that the path's own statements do not fit in.
     """
     op = check_op(op)
     _check_choice("mode", mode, MODES)
     _check_choice("template", template, TEMPLATES)
     _check_choice("level", level, LEVELS)
+    bounds = check_length(length)
     tok = tokenizer or tokens_lib.ByteTokenizer()
+    t = WORLDS[template]
     shortest = None
-    # Redraw worlds until one has a quantity with the requested op count whose own statements
-    # (with the question) fit the length.
+    hi = None if bounds is None else bounds[1]
     for _ in range(MAX_ATTEMPTS):
-        world = _draw_world(rng, WORLDS[template], level)
+        world = _draw_world(rng, t, op, mode, level)
         found = _candidates(world, op, mode)
+        # The benchmark's necessary graph is built around the deepest implicit total first
+        # (hard: a child total, i.e. products; medium: an item total): prefer such targets.
+        want = "children" if level == "hard" else "total"
+        deep = [c for c in found if any(world[i].kind == want for i in _ancestors(world, c[0]))]
+        found = deep or found
         if not found:
             continue
         target, unknown = found[int(rng.integers(len(found)))]
-        path = _ancestors(world, target, stop=unknown)
-        # Totals have no statement; in reverse mode the unknown's statement is left out.
-        core = [
-            statement(world[i], world) for i in path if world[i].kind != "total" and i != unknown
-        ]
+        path = _ancestors(world, target)
         given = world[target].value
+        core = []  # (sentence, quantity): the path's statements
+        for i in path:
+            q = world[i]
+            if i == unknown:
+                core.append(f"{_capital(q.name)} is a positive number.")
+            elif not q.implicit:
+                core.append(statement(q, world))
         if mode == "forward":
-            question = f"What is {world[target].name}?"
-            answer = given
+            question, answer = f"What is {world[target].name}?", given
         else:
-            question = f"If {world[target].name} is {given}, what is {world[unknown].name}?"
-            answer = world[unknown].value
+            core.append(f"{_capital(world[target].name)} equals {given}.")
+            question, answer = f"What is {world[unknown].name}?", world[unknown].value
         base = len(tok.encode(format_prompt(question, " ".join(core))))
-        if length is None or base <= length:
+        if hi is None or base <= hi:
             break
         shortest = base if shortest is None else min(shortest, base)
     else:
@@ -474,54 +538,62 @@ def generate_problem(
                 f"op: no {mode} {level} {template} problem with op={op} in {MAX_ATTEMPTS} worlds"
             )
         raise ValueError(
-            f"length: {length} tokens is shorter than the shortest {mode} {template} problem "
+            f"length: {hi} tokens is shorter than the shortest {mode} {template} problem "
             f"with op={op} drawn ({shortest} tokens)"
         )
 
-    statements = list(core)
-    n_core = len(statements)
-    if length is not None:
+    on_path = set(path)
+    extra = [
+        statement(q, world) for i, q in enumerate(world) if not q.implicit and i not in on_path
+    ]
+    sentences, necessary = list(core), [True] * len(core)
+    if bounds is None:
+        sentences += extra
+        necessary += [False] * len(extra)
+    else:
+        goal = max(int(rng.integers(bounds[0], bounds[1] + 1)), base)
         current = base
-        on_path = set(path)
-        extra = [
-            statement(world[i], world)
-            for i in range(len(world))
-            if world[i].kind != "total" and i not in on_path and i != unknown
-        ]
+        # Unneeded in-world statements first (all of them when they fit), then filler.
         for j in rng.permutation(len(extra)):
             cost = len(tok.encode(" " + extra[j]))
-            if current + cost <= length:
-                statements.append(extra[j])
+            if current + cost <= goal:
+                sentences.append(extra[j])
+                necessary.append(False)
                 current += cost
         if noise:
-            pool = _Noise(rng, template)
+            mentioned = {q.name for i, q in enumerate(world) if i in on_path or not q.implicit}
+            real = [q.name for q in world if q.name in mentioned and q.name != world[target].name]
+            real = real or [world[target].name]
+            pool = _Filler(rng, t, level, real)
             misses = 0
             while misses < 24:
                 drawn = pool.draw()
                 if drawn is None:
                     break
-                cost = len(tok.encode(" " + drawn[0]))
-                if current + cost <= length:
-                    pool.accept(drawn)
-                    statements.append(drawn[0])
+                cost = len(tok.encode(" " + drawn))
+                if current + cost <= goal:
+                    sentences.append(drawn)
+                    necessary.append(False)
                     current += cost
                     misses = 0
                 else:
                     misses += 1
-    order = rng.permutation(len(statements))
-    statements = [statements[i] for i in order]
-    is_core = [i < n_core for i in order]
-    prompt = format_prompt(question, " ".join(statements))
+        goal_max = goal
+    order = rng.permutation(len(sentences))
+    sentences = [sentences[i] for i in order]
+    necessary = [necessary[i] for i in order]
+    prompt = format_prompt(question, " ".join(sentences))
     measured = len(tok.encode(prompt))
-    # Token counts of parts need not add up exactly under BPE: drop distractors until it fits.
-    while length is not None and measured > length:
-        drop = max(j for j, c in enumerate(is_core) if not c)
-        del statements[drop], is_core[drop]
-        prompt = format_prompt(question, " ".join(statements))
+    # Token counts of parts need not add up exactly under BPE: drop unneeded ones until it fits.
+    while bounds is not None and measured > goal_max:
+        drop = max(j for j, c in enumerate(necessary) if not c)
+        del sentences[drop], necessary[drop]
+        prompt = format_prompt(question, " ".join(sentences))
         measured = len(tok.encode(prompt))
-    problem = " ".join(statements)
     return {
-        "problem": problem,
+        "problem": " ".join(sentences),
+        "sentences": sentences,
+        "necessary": necessary,
         "question": question,
         "solution": _solution(world, path, target, unknown, given),
         "answer": int(answer),
@@ -529,6 +601,7 @@ def generate_problem(
         "template": template,
         "mode": mode,
         "level": level,
+        "d": DEPTH[level],
         "length": measured,
         "prompt": prompt,
     }

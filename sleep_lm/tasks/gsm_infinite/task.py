@@ -6,8 +6,10 @@ Every example is exactly ``seq_len + 1`` tokens (``inputs`` = the first ``seq_le
     pad ... pad | question \\n statements \\n Answer: | " <answer>" | end
                   <= prompt_budget tokens (generator)   scored (loss_mask)
 
-The prompt (``generator.format_prompt``) is filled with distractors up to ``prompt_budget =
-seq_len - max_answer_tokens`` tokens; the rest of the front is LEFT padding, so the answer and
+Each prompt (``generator.format_prompt``) is filled with distractors up to a length drawn
+uniformly in ``length_range`` (default: the paper's 2,000-3,300 tokens scaled to ``prompt_budget
+= seq_len - max_answer_tokens``, i.e. ~0.61 x budget .. budget); the rest of the front is LEFT
+padding, so the answer and
 the end token are always the last tokens of the sequence and sit in the last window. With
 ``padding="inert"`` (the default) batches carry ``valid`` (bool [batch, seq_len], False on
 the padded inputs) and the model treats padded tokens as absent (sleep.py, "Variable-length
@@ -29,8 +31,9 @@ on the seed stream ``[seed, 1, op]``, disjoint from the trainer's ``[seed, 2, st
 metrics ``eval/accuracy@op=K`` (all answer tokens and the end token right) and
 ``eval/loss@op=K``. ``held_out_problems`` returns the same problems as dicts (the JSONL export).
 
-Each example draws its op uniformly in ``min_op..max_op`` (training) and its mode, template and
-level uniformly among ``modes``, ``templates`` and ``levels``.
+Each example draws its op uniformly in ``min_op..max_op`` (training; ops >= 2, as the
+benchmark), its mode and level uniformly among ``modes`` and ``levels``, and its template
+among ``templates`` with the benchmark's weights zoo : school : festival = 2 : 1 : 1.
 """
 
 from __future__ import annotations
@@ -56,7 +59,11 @@ FIELDS = (
     "vocab_size",
     "noise",
     "padding",
+    "length_range",
 )
+# The paper's prompt lengths (2,000-3,300 tokens): without task.length_range the range is
+# this ratio of the prompt budget (the budget itself at the top).
+PAPER_LENGTHS = (2000, 3300)
 PADDINGS = ("inert", "filler")
 
 
@@ -94,7 +101,7 @@ class GsmInfinite:
     """Long-context grade-school math; see the module docstring for the layout.
 
     Args:
-      seq_len: tokens per example (``inputs``), filled exactly.
+      seq_len: tokens per example (``inputs``), padded on the left to exactly this.
       min_op, max_op: training operation counts, uniform in min_op..max_op.
       eval_ops: op counts with a held-out set each ('a-b', an int or a list; default
         min_op..max_op).
@@ -104,9 +111,11 @@ class GsmInfinite:
       end_token, filler: the end token and the filler text (see ``tokens.HFTokenizer``).
       vocab_size: the model's vocabulary when it differs from the tokenizer's (a pretrained
         model's embedding is often padded); must hold every tokenizer id.
-      noise: add statements from other templates to reach the length.
+      noise: add filler statements (the template's schema, invented names) to reach the length.
       padding: "inert" (batches carry ``valid``; padded tokens are absent to the model) or
         "filler" (the padding is ordinary filler text; no ``valid``).
+      length_range: 'lo-hi' prompt tokens (or a pair), hi <= seq_len - max answer tokens;
+        None or '': the paper's 2,000-3,300 scaled to that budget.
     """
 
     name = "gsm_infinite"
@@ -114,7 +123,7 @@ class GsmInfinite:
     def __init__(
         self,
         seq_len: int = 512,
-        min_op: int = 1,
+        min_op: int = 2,
         max_op: int = 8,
         eval_ops=None,
         modes="forward,reverse",
@@ -126,9 +135,10 @@ class GsmInfinite:
         vocab_size: int | None = None,
         noise: bool = True,
         padding: str = "inert",
+        length_range=None,
     ):
         self.seq_len = _common.check_int("seq_len", seq_len, 8)
-        self.min_op = _common.check_int("min_op", min_op, 1)
+        self.min_op = generator.check_op(min_op, "min_op")
         if isinstance(max_op, int) and not isinstance(max_op, bool) and max_op < self.min_op:
             raise ValueError(
                 f"max_op must be >= min_op ({self.min_op}): empty op range, got {max_op}"
@@ -158,13 +168,34 @@ class GsmInfinite:
         )
         self.answer_span = self.max_answer_tokens + 1  # + the end token
         self.prompt_budget = self.seq_len - self.max_answer_tokens
+        self.length_range = self._length_range(length_range)
+        self.template_p = np.array([generator.TEMPLATE_WEIGHTS[t] for t in self.templates], float)
+        self.template_p /= self.template_p.sum()
         self._check_fits()
+
+    def _length_range(self, value) -> tuple[int, int]:
+        if value is None or value == "":
+            lo, hi = PAPER_LENGTHS
+            return max(1, round(self.prompt_budget * lo / hi)), self.prompt_budget
+        if isinstance(value, str):
+            try:
+                lo, hi = (int(v) for v in value.split("-"))
+            except ValueError:
+                raise ValueError(f"length_range must be 'lo-hi' tokens, got {value!r}") from None
+        else:
+            lo, hi = generator.check_length(value, "length_range")
+        if not 1 <= lo <= hi <= self.prompt_budget:
+            raise ValueError(
+                f"length_range must satisfy 1 <= lo <= hi <= {self.prompt_budget} (seq_len="
+                f"{self.seq_len} minus the answer), got {lo}-{hi}"
+            )
+        return lo, hi
 
     def __repr__(self) -> str:
         return (
             f"GsmInfinite(seq_len={self.seq_len}, ops={self.min_op}..{self.max_op}, "
             f"eval_ops={self.eval_ops}, modes={self.modes}, templates={self.templates}, "
-            f"levels={self.levels}, tokenizer={self.tokenizer!r})"
+            f"levels={self.levels}, lengths={self.length_range}, tokenizer={self.tokenizer!r})"
         )
 
     def _check_fits(self) -> None:
@@ -219,11 +250,12 @@ class GsmInfinite:
 
     def problem(self, rng: np.random.Generator, op: int | None = None) -> dict:
         """One problem dict (``generator.generate_problem``), its op uniform in the training
-        range unless given; mode, template and level uniform."""
+        range unless given; mode and level uniform, template 2 : 1 : 1; the prompt length
+        uniform in ``length_range``."""
         if op is None:
             op = self.ops[int(rng.integers(len(self.ops)))]
         mode = self.modes[int(rng.integers(len(self.modes)))]
-        template = self.templates[int(rng.integers(len(self.templates)))]
+        template = self.templates[int(rng.choice(len(self.templates), p=self.template_p))]
         level = self.levels[int(rng.integers(len(self.levels)))]
         return generator.generate_problem(
             rng,
@@ -231,7 +263,7 @@ class GsmInfinite:
             mode=mode,
             template=template,
             level=level,
-            length=self.prompt_budget,
+            length=self.length_range,
             tokenizer=self.tokenizer,
             noise=self.noise,
         )

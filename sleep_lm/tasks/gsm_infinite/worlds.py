@@ -1,15 +1,22 @@
 """World templates: our own vocabularies for the GSM-Infinite-style generator.
 
-A template names a three-level hierarchy: locations (level 1), item types (level 2) and, in
-"hard" problems only, qualifiers of an item type (level 3). An *instance* quantity is the
-count of one leaf ("the number of owls in Pine Ridge Zoo", hard: "the number of adult owls in
-Pine Ridge Zoo"); an *implicit total* sums the instances under one node ("the total number of
-animals in Pine Ridge Zoo"; hard also "the total number of owls in Pine Ridge Zoo").
+A template names a hierarchy of three levels: locations (level 1), item types (level 2) and a
+child word (level 3, "hard" problems only). Quantities of one world:
 
-The vocabularies of different templates are disjoint (every location ends in its template's
-own suffix), so statements from another template are pure noise: they never name a quantity
-of the problem's world. No name contains " and the ", " minus ", " more than ", " times ",
-" equals ", " is ", " in " or " at " inside it, so statements parse unambiguously.
+- count (instance):  "the number of adult owls in Pine Ridge Zoo"
+- average (instance, hard):  "the average number of newborn children per adult owl in Pine
+  Ridge Zoo"
+- item total (implicit): "the total number of adult animals in Pine Ridge Zoo" = the sum of
+  the counts mentioned for that location
+- child total (implicit, hard): "the total number of newborn children in Pine Ridge Zoo" = the
+  sum over the location's items of count x average
+
+Every template also has a disjoint *filler* vocabulary (invented locations and items of the
+same schema): filler statements look like the problem's own statements but never name one of
+its quantities. Every item's plural is its singular + "s" (a reader pairs "adult owls" with
+"per adult owl" without a dictionary). No name contains " and ", " plus ", " times ",
+" equals ", ", " or " is "; only averages contain " per "; the only " in " / " at " is the
+one before the location, so statements parse unambiguously.
 """
 
 from __future__ import annotations
@@ -21,21 +28,22 @@ import dataclasses
 class Template:
     """One world vocabulary.
 
-    name: the template's key in ``TEMPLATES``.
-    category: plural noun for every item of the template ("animals"): the word of the
-      location totals.
-    preposition: joins an item to its location ("in", "at").
-    locations: full location names (level 1).
-    items: plural item types (level 2).
-    qualifiers: level-3 adjectives for "hard" problems.
+    name: the template's key in ``WORLDS``.
+    category: plural word of the item totals ("adult animals").
+    child: plural word of the level-3 quantities ("newborn children").
+    preposition: joins a quantity to its location ("in", "at").
+    locations, items: real level-1 names and level-2 singulars.
+    filler_locations, filler_items: the invented filler vocabulary of the same schema.
     """
 
     name: str
     category: str
+    child: str
     preposition: str
     locations: tuple[str, ...]
     items: tuple[str, ...]
-    qualifiers: tuple[str, ...]
+    filler_locations: tuple[str, ...]
+    filler_items: tuple[str, ...]
 
 
 _PLACES = (
@@ -51,91 +59,96 @@ _PLACES = (
     "Fox Meadow",
     "Elm Grove",
     "Copper Hill",
-    "Blue Heron",
-    "North Point",
-    "Sunset Bluff",
-    "Granite Falls",
 )
+_FILLER_PLACES = (
+    "Quillmoor",
+    "Brackenfold",
+    "Dunmarrow",
+    "Vellicott",
+    "Ashcombe",
+    "Yarrowby",
+    "Thistlegate",
+    "Corvane",
+    "Wendle Rise",
+    "Gallowmere",
+    "Hobb Crossing",
+    "Pellridge",
+    "Sorrowfen",
+    "Tamsin Reach",
+    "Orlow Flats",
+    "Kestwick",
+)
+
+
+def _with(prefix: str, words: str) -> tuple[str, ...]:
+    return tuple(f"{prefix}{w}" for w in words.split(","))
+
 
 ZOO = Template(
     name="zoo",
-    category="animals",
+    category="adult animals",
+    child="newborn children",
     preposition="in",
     locations=tuple(f"{p} Zoo" for p in _PLACES),
-    items=(
-        "owls",
-        "lions",
-        "zebras",
-        "penguins",
-        "otters",
-        "giraffes",
-        "wolves",
-        "flamingos",
-        "tortoises",
-        "lemurs",
-        "bison",
-        "cranes",
-        "koalas",
-        "seals",
-        "camels",
-        "parrots",
+    items=_with("adult ", "owl,lion,zebra,penguin,otter,giraffe,flamingo,lemur,crane,koala"),
+    filler_locations=tuple(f"{p} Zoo" for p in _FILLER_PLACES),
+    filler_items=_with(
+        "adult ", "heron,badger,tapir,gecko,ibis,marmot,jackal,okapi,condor,gibbon,weasel,egret"
     ),
-    qualifiers=("adult", "young", "newborn"),
 )
 
 SCHOOL = Template(
     name="school",
-    category="teachers",
+    category="schools",
+    child="teachers",
     preposition="in",
-    locations=tuple(f"{p} High School" for p in _PLACES),
-    items=(
-        "math teachers",
-        "history teachers",
-        "art teachers",
-        "music teachers",
-        "chemistry teachers",
-        "biology teachers",
-        "physics teachers",
-        "geography teachers",
-        "drama teachers",
-        "language teachers",
-        "sports teachers",
-        "computing teachers",
+    locations=tuple(f"{p} City" for p in _PLACES),
+    items=_with(
+        "",
+        "elementary school,middle school,public high school,charter school,boarding school,"
+        "art school,music school,trade school,language school,science school",
     ),
-    qualifiers=("full-time", "part-time", "visiting"),
+    filler_locations=tuple(f"{p} City" for p in _FILLER_PLACES),
+    filler_items=_with(
+        "",
+        "riding school,sailing school,chess school,cooking school,circus school,drama school,"
+        "flight school,pottery school,nursing school,dance school,glassblowing school,law school",
+    ),
 )
 
 FESTIVAL = Template(
     name="festival",
     category="films",
+    child="nominations",
     preposition="at",
     locations=tuple(f"{p} Film Festival" for p in _PLACES),
-    items=(
-        "comedy films",
-        "drama films",
-        "horror films",
-        "documentary films",
-        "animated films",
-        "thriller films",
-        "romance films",
-        "western films",
-        "musical films",
-        "mystery films",
-        "fantasy films",
-        "war films",
+    items=_with(
+        "",
+        "comedy film,drama film,horror film,documentary film,animated film,thriller film,"
+        "romance film,western film,musical film,mystery film",
     ),
-    qualifiers=("award-winning", "debut", "restored"),
+    filler_locations=tuple(f"{p} Film Festival" for p in _FILLER_PLACES),
+    filler_items=_with(
+        "",
+        "silent film,noir film,heist film,disaster film,sports film,war film,spy film,"
+        "fantasy film,biopic film,satire film,puppet film,road film",
+    ),
 )
 
 WORLDS: dict[str, Template] = {t.name: t for t in (ZOO, SCHOOL, FESTIVAL)}
 
 
-def instance_name(template: Template, location: str, item: str, qualifier: str | None) -> str:
-    """'the number of [qualifier ]item in location' (lower case; sentences capitalise it)."""
-    what = f"{qualifier} {item}" if qualifier else item
-    return f"the number of {what} {template.preposition} {location}"
+def count_name(template: Template, location: str, item: str) -> str:
+    """'the number of <item>s in|at <location>' (lower case; sentences capitalise it)."""
+    return f"the number of {item}s {template.preposition} {location}"
 
 
-def total_name(template: Template, location: str, item: str | None) -> str:
-    """'the total number of item|category in location'."""
-    return f"the total number of {item or template.category} {template.preposition} {location}"
+def average_name(template: Template, location: str, item: str) -> str:
+    """'the average number of <child> per <item> in|at <location>'."""
+    return f"the average number of {template.child} per {item} {template.preposition} {location}"
+
+
+def total_name(template: Template, location: str, child: bool) -> str:
+    """'the total number of <category|child> in|at <location>'."""
+    what = template.child if child else template.category
+    return f"the total number of {what} {template.preposition} {location}"
