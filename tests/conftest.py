@@ -8,7 +8,10 @@ import chex
 import jax
 import numpy as np
 
-from tests import tolerance
+try:
+    from tests import tolerance
+except ImportError:  # pytest started inside tests/ (tests/eight_devices.py's subprocess)
+    import tolerance
 
 
 def _audited(assert_fn, default_rtol, default_atol, positional_tolerances):

