@@ -48,12 +48,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sleep_lm import ops
+from sleep_lm.model.config import DELTA_IMPLS, DTYPES, Config, number, one_of, positive
 from sleep_lm.model.fast_weight import (
     _a_log_init,
     _dt_bias_init,
@@ -63,22 +65,18 @@ from sleep_lm.model.fast_weight import (
 )
 from sleep_lm.model.state import FastWeightState, constrain
 
-GDN_IMPLS = ("chunked", "recurrent")
-DTYPES = ("float32", "bfloat16")
-
 
 @dataclasses.dataclass(frozen=True)
-class JetConfig:
+class JetConfig(Config):
     """Static hyper-parameters of one Jet block (hashable).
 
     Attributes:
       width: input / output width (the residual stream).
       heads: heads of the fast-weight memory.
-      key_head_dim: q / k size per head (Jet-Nemotron-2B: 96).
-      value_head_dim: v size per head (Jet-Nemotron-2B: 256 = 96 * expand_v 8/3).
-      conv_size: width W of the dynamic causal convolution on v (>= 1).
-      generator_reduction: the kernel generator's hidden size is value_dim // this
-        (Jet-Nemotron's ``dconv_generator_reduction``, 8).
+      key_head_dim: q / k size per head.
+      value_head_dim: v size per head.
+      conv_size: width W of the dynamic causal convolution on v.
+      generator_reduction: the kernel generator's hidden size is value_dim // this.
       norm_eps: epsilon of the per-head output RMSNorm.
       gdn_impl: ops implementation of the gated delta rule ("chunked" | "recurrent").
       chunk_size: chunk length for gdn_impl="chunked".
@@ -86,46 +84,24 @@ class JetConfig:
       dtype: compute dtype name; parameters and fast weights are always float32.
     """
 
-    width: int
-    heads: int
-    key_head_dim: int
-    value_head_dim: int
-    conv_size: int = 4
-    generator_reduction: int = 8
-    norm_eps: float = 1e-5
-    gdn_impl: str = "chunked"
-    chunk_size: int = 64
-    precision: str = "highest"
-    dtype: str = "float32"
+    prefix: ClassVar[str] = "jet"
 
-    def __post_init__(self):
-        def bad(field, allowed, got):
-            return ValueError(f"jet.{field}: allowed {allowed}, got {got!r}")
+    width: int = positive()
+    heads: int = positive()
+    key_head_dim: int = positive()
+    value_head_dim: int = positive()
+    conv_size: int = positive(4)
+    generator_reduction: int = positive(8)
+    norm_eps: float = number(1e-5)
+    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
+    chunk_size: int = positive(64)
+    precision: str = one_of("highest", ops.PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
 
-        for field in (
-            "width",
-            "heads",
-            "key_head_dim",
-            "value_head_dim",
-            "conv_size",
-            "generator_reduction",
-            "chunk_size",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(field, "a positive int", value)
+    def check(self):
         if self.generator_reduction > self.value_dim:
             allowed = f"at most value_dim={self.value_dim}"
-            raise bad("generator_reduction", allowed, self.generator_reduction)
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
-            raise bad("norm_eps", "a positive number", self.norm_eps)
-        for field, allowed in (
-            ("gdn_impl", GDN_IMPLS),
-            ("precision", ops.PRECISIONS),
-            ("dtype", DTYPES),
-        ):
-            if getattr(self, field) not in allowed:
-                raise bad(field, allowed, getattr(self, field))
+            raise self.bad("generator_reduction", allowed, self.generator_reduction)
 
     @property
     def key_dim(self) -> int:
@@ -139,10 +115,6 @@ class JetConfig:
     @property
     def generator_hidden(self) -> int:
         return self.value_dim // self.generator_reduction
-
-    @property
-    def compute_dtype(self):
-        return jnp.dtype(self.dtype)
 
 
 def jet_state(cfg: JetConfig, batch: int, dtype=None) -> FastWeightState:
@@ -277,9 +249,7 @@ class JetBlock(nn.Module):
         cfg = self.config
         batch, time, _ = x.shape
         heads, dk, dv = cfg.heads, cfg.key_head_dim, cfg.value_head_dim
-        dense = functools.partial(
-            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        dense = cfg.dense
         q = nn.silu(dense(cfg.key_dim, name="q_proj")(x)).reshape(batch, time, heads, dk)
         k = nn.silu(dense(cfg.key_dim, name="k_proj")(x)).reshape(batch, time, heads, dk)
         v, conv_tail = DynamicCausalConv(cfg, name="dynamic_conv1d")(

@@ -61,20 +61,30 @@ norm, early_exit_gate}``, ``lm_head``. Parameters are float32; compute uses ``dt
 from __future__ import annotations
 
 import dataclasses
-import json
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleep_lm.model import state as state_lib
-from sleep_lm.model.qwen2 import Qwen2Attention, Qwen2MLP, dense, jet_config_of, rms_norm
-from sleep_lm.model.state import KVCache, ModelState
+from sleep_lm.model.block import Block
+from sleep_lm.model.config import (
+    DELTA_IMPLS,
+    DTYPES,
+    HF_BLOCK_NAMES,
+    BlockNames,
+    Config,
+    jet_config_of,
+    json_object,
+    number,
+    one_of,
+    positive,
+)
+from sleep_lm.model.stages import StagedLM
+from sleep_lm.model.state import ModelState
 from sleep_lm.ops import PRECISIONS
 
 SLEEP_LOOPS = ("all", "last")
-GDN_IMPLS = ("chunked", "recurrent")
-DTYPES = ("float32", "bfloat16")
 _EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
@@ -85,111 +95,70 @@ def even_jet_positions(num_layers: int, count: int) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class OuroConfig:
+class OuroConfig(Config):
     """Static Ouro hyper-parameters (hashable: the model is a jit static argument).
 
     Defaults are Ouro-1.4B's (its config.json). Attributes:
-      vocab_size, width (hidden_size), intermediate_size (SwiGLU), num_layers (stack depth,
-        num_hidden_layers), heads, kv_heads, head_dim, rope_theta, norm_eps (rms_norm_eps).
+      vocab_size, width (hidden_size), intermediate_size (SwiGLU), num_layers (stack depth),
+        heads, kv_heads, head_dim, rope_theta, norm_eps (rms_norm_eps).
       total_ut_steps: loops of the stack.
       early_exit_threshold: kept for the round trip; the readout is always the last loop.
       jet_positions: insertion point of each new Jet layer (before original layer p).
       jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size,
-        jet_generator_reduction, jet_norm_eps: the inserted Jet layers' JetConfig
-        (sleep_lm/model/jet.py). Defaults for Ouro-1.4B's width 2048: Jet-Nemotron-2B's
-        head shape (96 / 256, 16 heads: value dim 4096 = 2 x width as there).
+        jet_generator_reduction, jet_norm_eps: the inserted Jet layers' JetConfig.
       jet_identity_init: zero the Jet layers' o_proj at init (identity residual layers).
-      sleep_loops: "all" | "last": which loops a sleep pass runs (module docstring).
+      sleep_loops: "all" | "last": which loops a sleep pass runs (README, "Ouro").
       gdn_impl, chunk_size, gdn_precision: ops settings of the Jet layers' delta rule.
       dtype: compute dtype name; parameters are float32.
-      hf_extra: JSON object text of config.json keys this config does not model (token
-        ids, max_position_embeddings, ...), written back on export; "" for none.
+      hf_extra: JSON object text of config.json keys this config does not model.
 
-    The sleep window L (attention mask window, default KV cache length) is the module's
-    ``window`` field, not part of this config (``OuroLM(config, window=L)``).
+    The sleep window L is the module's ``window`` field (``OuroLM(config, window=L)``).
     """
 
-    vocab_size: int = 49152
-    width: int = 2048
-    intermediate_size: int = 5632
-    num_layers: int = 24
-    heads: int = 16
-    kv_heads: int = 16
-    head_dim: int = 128
-    rope_theta: float = 1_000_000.0
-    norm_eps: float = 1e-6
-    total_ut_steps: int = 4
+    vocab_size: int = positive(49152)
+    width: int = positive(2048)
+    intermediate_size: int = positive(5632)
+    num_layers: int = positive(24)
+    heads: int = positive(16)
+    kv_heads: int = positive(16)
+    head_dim: int = positive(128)
+    rope_theta: float = number(1_000_000.0)
+    norm_eps: float = number(1e-6)
+    total_ut_steps: int = positive(4)
     early_exit_threshold: float = 1.0
     jet_positions: tuple[int, ...] = ()
-    jet_heads: int = 16
-    jet_key_head_dim: int = 96
-    jet_value_head_dim: int = 256
-    jet_conv_size: int = 4
-    jet_generator_reduction: int = 8
-    jet_norm_eps: float = 1e-5
+    jet_heads: int = positive(16)
+    jet_key_head_dim: int = positive(96)
+    jet_value_head_dim: int = positive(256)
+    jet_conv_size: int = positive(4)
+    jet_generator_reduction: int = positive(8)
+    jet_norm_eps: float = number(1e-5)
     jet_identity_init: bool = True
-    sleep_loops: str = "all"
-    gdn_impl: str = "chunked"
-    chunk_size: int = 64
-    gdn_precision: str = "highest"
-    dtype: str = "float32"
-    hf_extra: str = ""
+    sleep_loops: str = one_of("all", SLEEP_LOOPS)
+    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
+    chunk_size: int = positive(64)
+    gdn_precision: str = one_of("highest", PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
+    hf_extra: str = json_object()
 
-    def __post_init__(self):
-        def bad(field, allowed, got):
-            return ValueError(f"model.{field}: allowed {allowed}, got {got!r}")
+    qkv_bias: ClassVar[bool] = False
+    mlp_gated: ClassVar[bool] = True
+    block_names: ClassVar[BlockNames] = HF_BLOCK_NAMES
 
-        for field in (
-            "vocab_size",
-            "width",
-            "intermediate_size",
-            "num_layers",
-            "heads",
-            "kv_heads",
-            "head_dim",
-            "total_ut_steps",
-            "jet_heads",
-            "jet_key_head_dim",
-            "jet_value_head_dim",
-            "jet_conv_size",
-            "jet_generator_reduction",
-            "chunk_size",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(field, "a positive int", value)
+    def check(self):
         if self.heads % self.kv_heads:
-            raise bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
+            raise self.bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
         if self.head_dim % 2:
-            raise bad("head_dim", "an even int (rotary pairs)", self.head_dim)
+            raise self.bad("head_dim", "an even int (rotary pairs)", self.head_dim)
         positions = tuple(self.jet_positions)
         if any(
             not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= self.num_layers
             for p in positions
         ) or list(positions) != sorted(positions):
-            raise bad("jet_positions", f"sorted ints in 0..{self.num_layers}", positions)
-        for field, allowed in (
-            ("sleep_loops", SLEEP_LOOPS),
-            ("gdn_impl", GDN_IMPLS),
-            ("gdn_precision", PRECISIONS),
-            ("dtype", DTYPES),
-        ):
-            if getattr(self, field) not in allowed:
-                raise bad(field, allowed, getattr(self, field))
-        try:
-            extra = json.loads(self.hf_extra) if self.hf_extra else {}
-        except (TypeError, ValueError):
-            extra = None
-        if not isinstance(extra, dict):
-            raise bad("hf_extra", "a JSON object string", self.hf_extra)
+            raise self.bad("jet_positions", f"sorted ints in 0..{self.num_layers}", positions)
 
     @property
-    def compute_dtype(self):
-        return jnp.dtype(self.dtype)
-
-    @property
-    def intermediate(self) -> int:
-        """The SwiGLU width under the name the shared MLP (qwen2.Qwen2MLP) reads."""
+    def mlp_hidden(self) -> int:
         return self.intermediate_size
 
     @property
@@ -213,38 +182,9 @@ class OuroConfig:
         return jet_config_of(self)
 
 
-class OuroLayer(nn.Module):
-    """One sandwich-norm decoder layer: (h, KVCache, positions) -> (h, KVCache)."""
-
-    config: OuroConfig
-    window: int
-
-    @nn.compact
-    def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array, valid=None):
-        cfg = self.config
-        y, cache = Qwen2Attention(cfg, self.window, qkv_bias=False, name="self_attn")(
-            rms_norm(cfg, "input_layernorm")(h), cache, positions, valid
-        )
-        h = h + rms_norm(cfg, "input_layernorm_2")(y)
-        y = Qwen2MLP(cfg, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(h))
-        h = h + rms_norm(cfg, "post_attention_layernorm_2")(y)
-        return nn.with_logical_constraint(h, ("batch", None, None)), cache
-
-
-class JetLayer(nn.Module):
-    """An inserted Jet layer without MLP: h + jet(input_layernorm(h)); FastWeightState."""
-
-    config: OuroConfig
-
-    @nn.compact
-    def __call__(self, h: jax.Array, layer_state, positions: jax.Array, valid=None):
-        from sleep_lm.model.jet import JetBlock  # jet.py is only needed with Jet layers
-
-        cfg = self.config
-        y, layer_state = JetBlock(cfg.jet_config(), name="self_attn")(
-            rms_norm(cfg, "input_layernorm")(h), layer_state, positions, valid
-        )
-        return nn.with_logical_constraint(h + y, ("batch", None, None)), layer_state
+def jet_layer(cfg: OuroConfig, window: int) -> Block:
+    """An inserted Jet layer: h + self_attn(input_layernorm(h)), no MLP; FastWeightState."""
+    return Block(cfg, "jet", window, use_mlp=False)
 
 
 class OuroModel(nn.Module):
@@ -262,11 +202,10 @@ class OuroModel(nn.Module):
             dtype=cfg.compute_dtype,
             param_dtype=jnp.float32,
         )
-        self.layers = [OuroLayer(cfg, self.window) for _ in range(cfg.num_layers)]
-        self.jet_layers = [JetLayer(cfg) for _ in cfg.jet_positions]
-        self.norm = nn.RMSNorm(
-            epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        sandwich = dict(use_post_mixer_norm=True, use_post_mlp_norm=True)
+        self.layers = [Block(cfg, "attn", self.window, **sandwich) for _ in range(cfg.num_layers)]
+        self.jet_layers = [jet_layer(cfg, self.window) for _ in cfg.jet_positions]
+        self.norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
         self.early_exit_gate = nn.Dense(
             1, use_bias=True, dtype=cfg.compute_dtype, param_dtype=jnp.float32
         )
@@ -290,7 +229,7 @@ class OuroModel(nn.Module):
         return self.early_exit_gate(h)[..., 0].astype(jnp.float32)
 
 
-class OuroLM(nn.Module):
+class OuroLM(StagedLM):
     """Ouro causal LM with the HybridLM stage interface (module docstring).
 
     Attributes:
@@ -316,7 +255,7 @@ class OuroLM(nn.Module):
 
     def setup(self):
         self.model = OuroModel(self.config, self.window)
-        self.lm_head = dense(self.config, self.config.vocab_size, None)
+        self.lm_head = self.config.dense(self.config.vocab_size)
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens [batch, time] int -> h [batch, time, width] (positions enter via RoPE)."""
@@ -376,14 +315,6 @@ class OuroLM(nn.Module):
         """h [batch, time, width] (already normed by the last loop) -> float32 logits."""
         return self.lm_head(h).astype(jnp.float32)
 
-    def __call__(
-        self, tokens: jax.Array, positions: jax.Array, state: ModelState
-    ) -> tuple[jax.Array, ModelState]:
-        """One ordinary forward pass (all loops; readout of the last): (logits, new state)."""
-        h = self.embed(tokens, positions)
-        h, state = self.blocks(h, state, positions, 0, len(self.config.layers))
-        return self.head(h), state
-
     def exit_logits(self, tokens: jax.Array, positions: jax.Array, state: ModelState):
         """Every loop's readout, for Ouro's early-exit alternatives.
 
@@ -440,7 +371,7 @@ class OuroLM(nn.Module):
             return {"model": {}}
         h = jnp.zeros((1, 1, cfg.width), cfg.compute_dtype)
         positions = jnp.zeros((1,), jnp.int32)
-        layer = JetLayer(cfg)
+        layer = jet_layer(cfg, self.window)
         from sleep_lm.model.jet import jet_state
 
         state = jet_state(cfg.jet_config(), 1, cfg.compute_dtype)
@@ -454,26 +385,6 @@ class OuroLM(nn.Module):
             return identity_jet_params(cfg, {"model": layers})
 
         return jax.jit(init)(rng)
-
-    @nn.nowrap
-    def init_state(self, batch: int, cache_len: int | None = None) -> ModelState:
-        """Zero state for ``batch`` sequences: an empty KV cache of ``cache_len`` slots
-        (default window) per (loop, attention layer), zero Jet state per (loop, Jet layer)."""
-        cfg = self.config
-        cache_len = self.window if cache_len is None else cache_len
-        layers = []
-        for kind in cfg.layers:
-            if kind == "attn":
-                layers.append(
-                    state_lib.empty_cache(
-                        batch, cache_len, cfg.kv_heads, cfg.head_dim, cfg.compute_dtype
-                    )
-                )
-            else:
-                from sleep_lm.model.jet import jet_state
-
-                layers.append(jet_state(cfg.jet_config(), batch, cfg.compute_dtype))
-        return ModelState(layers=tuple(layers))
 
 
 def identity_jet_params(cfg: OuroConfig, params: dict) -> dict:
