@@ -215,23 +215,16 @@ class ModelConfig(Config):
         """Value size per head of the Jet layers (their key size is head_dim)."""
         return round(self.head_dim * self.jet_expand_v)
 
-    def jet_config(self):
-        """The Jet mixer: key head size head_dim, value head size head_dim * jet_expand_v,
-        the model's conv width, ops settings and dtype."""
-        from sleep_lm.model.jet import JetConfig
+    # The Jet mixer's shape in jet_config_of's terms: key head size head_dim, the model's
+    # heads and conv width, JetConfig's default output norm epsilon.
+    jet_heads = property(lambda self: self.heads)
+    jet_key_head_dim = property(lambda self: self.head_dim)
+    jet_conv_size = property(lambda self: self.conv_size)
+    jet_norm_eps: ClassVar[float] = 1e-5
 
-        return JetConfig(
-            width=self.width,
-            heads=self.heads,
-            key_head_dim=self.head_dim,
-            value_head_dim=self.jet_value_head_dim,
-            conv_size=self.conv_size,
-            generator_reduction=self.jet_generator_reduction,
-            gdn_impl=self.gdn_impl,
-            chunk_size=self.chunk_size,
-            precision=self.gdn_precision,
-            dtype=self.dtype,
-        )
+    def jet_config(self):
+        """The JetConfig of the "jet" layers (model/jet.py)."""
+        return jet_config_of(self)
 
     @classmethod
     def from_config(cls, model_cfg) -> ModelConfig:
@@ -245,6 +238,49 @@ class ModelConfig(Config):
             if field.name != "layers" and get(field.name, None) is not None:
                 kwargs[field.name] = get(field.name)
         return cls(layers=tuple(layers), **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(Config):
+    """Fields every pretrained decoder family shares (Qwen2Config, OuroConfig), with
+    Hugging Face names' meaning: vocab_size, width (hidden_size), heads, kv_heads (heads a
+    multiple), head_dim (even: RoPE rotates pairs), rope_theta, norm_eps (rms_norm_eps);
+    the Jet layers' shape ``jet_*`` (model/jet.py's JetConfig) and ops settings
+    (gdn_impl, chunk_size, gdn_precision); dtype (compute; parameters are float32);
+    hf_extra (config.json keys the family does not model, as JSON text, written back on
+    export). A family redeclares a field to change its default."""
+
+    vocab_size: int = positive(96)
+    width: int = positive(32)
+    heads: int = positive(4)
+    kv_heads: int = positive(2)
+    head_dim: int = positive(8)
+    rope_theta: float = number(1_000_000.0)
+    norm_eps: float = number(1e-6)
+    jet_heads: int = positive(2)
+    jet_key_head_dim: int = positive(8)
+    jet_value_head_dim: int = positive(16)
+    jet_conv_size: int = positive(4)
+    jet_generator_reduction: int = positive(8)
+    jet_norm_eps: float = number(1e-5)
+    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
+    chunk_size: int = positive(64)
+    gdn_precision: str = one_of("highest", PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
+    hf_extra: str = json_object()
+
+    mlp_gated: ClassVar[bool] = True  # SwiGLU: gate_proj, up_proj, down_proj
+    block_names: ClassVar[BlockNames] = HF_BLOCK_NAMES
+
+    def check(self):
+        if self.heads % self.kv_heads:
+            raise self.bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
+        if self.head_dim % 2:
+            raise self.bad("head_dim", "an even int (RoPE rotates pairs)", self.head_dim)
+
+    def jet_config(self):
+        """The JetConfig of this model's Jet layers (model/jet.py)."""
+        return jet_config_of(self)
 
 
 def jet_config_of(cfg):

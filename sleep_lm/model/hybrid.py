@@ -24,10 +24,8 @@ import jax.numpy as jnp
 from sleep_lm.model import state as state_lib
 from sleep_lm.model.block import Block
 from sleep_lm.model.config import ModelConfig
-from sleep_lm.model.stages import StagedLM, run_blocks
+from sleep_lm.model.stages import EMBED_INIT, StagedLM, run_blocks, token_embedding
 from sleep_lm.model.state import ModelState
-
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 class HybridLM(StagedLM):
@@ -48,16 +46,10 @@ class HybridLM(StagedLM):
 
     def setup(self):
         cfg = self.config
-        self.token_embed = nn.Embed(
-            self.vocab_size,
-            cfg.width,
-            embedding_init=_EMBED_INIT,
-            dtype=cfg.compute_dtype,
-            param_dtype=jnp.float32,
-        )
+        self.token_embed = token_embedding(cfg, self.vocab_size)
         if cfg.positions == "learned":
             self.position_embed = self.param(
-                "position_embed", _EMBED_INIT, (self.max_len, cfg.width)
+                "position_embed", EMBED_INIT, (self.max_len, cfg.width)
             )
         self.block = [Block(cfg, kind, self.window) for kind in cfg.layers]
         self.final_norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)

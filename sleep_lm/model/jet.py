@@ -56,13 +56,7 @@ import jax.numpy as jnp
 
 from sleep_lm import ops
 from sleep_lm.model.config import DELTA_IMPLS, DTYPES, Config, number, one_of, positive
-from sleep_lm.model.fast_weight import (
-    _a_log_init,
-    _dt_bias_init,
-    l2_normalize,
-    mask_gates,
-    mask_inputs,
-)
+from sleep_lm.model.fast_weight import gates, l2_normalize, mask_inputs
 from sleep_lm.model.state import FastWeightState, constrain
 
 
@@ -257,13 +251,7 @@ class JetBlock(nn.Module):
         )
         v = v.reshape(batch, time, heads, dv)
 
-        # Gates in float32: g accumulates over the whole sequence inside the op.
-        beta = jax.nn.sigmoid(dense(heads, name="b_proj")(x).astype(jnp.float32))
-        a_log = self.param("A_log", _a_log_init, (heads,))
-        dt_bias = self.param("dt_bias", _dt_bias_init, (heads,))
-        a = dense(heads, name="a_proj")(x).astype(jnp.float32)
-        g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
-        g, beta = mask_gates(valid, g, beta)
+        g, beta = gates(self, dense, x, heads, valid)
 
         o, fast_weights = jet_core(
             q,

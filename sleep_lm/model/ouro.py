@@ -68,24 +68,11 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model.block import Block
-from sleep_lm.model.config import (
-    DELTA_IMPLS,
-    DTYPES,
-    HF_BLOCK_NAMES,
-    BlockNames,
-    Config,
-    jet_config_of,
-    json_object,
-    number,
-    one_of,
-    positive,
-)
-from sleep_lm.model.stages import StagedLM
+from sleep_lm.model.config import DecoderConfig, one_of, positive
+from sleep_lm.model.stages import StagedLM, token_embedding
 from sleep_lm.model.state import ModelState
-from sleep_lm.ops import PRECISIONS
 
 SLEEP_LOOPS = ("all", "last")
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 def even_jet_positions(num_layers: int, count: int) -> tuple[int, ...]:
@@ -95,61 +82,43 @@ def even_jet_positions(num_layers: int, count: int) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class OuroConfig(Config):
+class OuroConfig(DecoderConfig):
     """Static Ouro hyper-parameters (hashable: the model is a jit static argument).
 
-    Defaults are Ouro-1.4B's (its config.json). Attributes:
-      vocab_size, width (hidden_size), intermediate_size (SwiGLU), num_layers (stack depth),
-        heads, kv_heads, head_dim, rope_theta, norm_eps (rms_norm_eps).
+    Defaults are Ouro-1.4B's (its config.json); the shared fields are DecoderConfig's
+    (model/config.py). Attributes:
+      intermediate_size (SwiGLU), num_layers (stack depth, num_hidden_layers).
       total_ut_steps: loops of the stack.
       early_exit_threshold: kept for the round trip; the readout is always the last loop.
       jet_positions: insertion point of each new Jet layer (before original layer p).
-      jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size,
-        jet_generator_reduction, jet_norm_eps: the inserted Jet layers' JetConfig.
+      jet_*: the inserted Jet layers' shape; defaults for Ouro-1.4B's width 2048:
+        Jet-Nemotron-2B's head shape (96 / 256) with 16 heads.
       jet_identity_init: zero the Jet layers' o_proj at init (identity residual layers).
       sleep_loops: "all" | "last": which loops a sleep pass runs (README, "Ouro").
-      gdn_impl, chunk_size, gdn_precision: ops settings of the Jet layers' delta rule.
-      dtype: compute dtype name; parameters are float32.
-      hf_extra: JSON object text of config.json keys this config does not model.
 
     The sleep window L is the module's ``window`` field (``OuroLM(config, window=L)``).
     """
 
     vocab_size: int = positive(49152)
     width: int = positive(2048)
-    intermediate_size: int = positive(5632)
-    num_layers: int = positive(24)
     heads: int = positive(16)
     kv_heads: int = positive(16)
     head_dim: int = positive(128)
-    rope_theta: float = number(1_000_000.0)
-    norm_eps: float = number(1e-6)
-    total_ut_steps: int = positive(4)
-    early_exit_threshold: float = 1.0
-    jet_positions: tuple[int, ...] = ()
     jet_heads: int = positive(16)
     jet_key_head_dim: int = positive(96)
     jet_value_head_dim: int = positive(256)
-    jet_conv_size: int = positive(4)
-    jet_generator_reduction: int = positive(8)
-    jet_norm_eps: float = number(1e-5)
+    intermediate_size: int = positive(5632)
+    num_layers: int = positive(24)
+    total_ut_steps: int = positive(4)
+    early_exit_threshold: float = 1.0
+    jet_positions: tuple[int, ...] = ()
     jet_identity_init: bool = True
     sleep_loops: str = one_of("all", SLEEP_LOOPS)
-    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
-    chunk_size: int = positive(64)
-    gdn_precision: str = one_of("highest", PRECISIONS)
-    dtype: str = one_of("float32", DTYPES)
-    hf_extra: str = json_object()
 
     qkv_bias: ClassVar[bool] = False
-    mlp_gated: ClassVar[bool] = True
-    block_names: ClassVar[BlockNames] = HF_BLOCK_NAMES
 
     def check(self):
-        if self.heads % self.kv_heads:
-            raise self.bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
-        if self.head_dim % 2:
-            raise self.bad("head_dim", "an even int (rotary pairs)", self.head_dim)
+        super().check()
         positions = tuple(self.jet_positions)
         if any(
             not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= self.num_layers
@@ -177,10 +146,6 @@ class OuroConfig(Config):
         """One kind per unit (loop-major): what ``blocks(start, stop)`` indexes."""
         return tuple(kind for kind, _ in self.stack) * self.total_ut_steps
 
-    def jet_config(self):
-        """The inserted layers' JetConfig (sleep_lm/model/jet.py)."""
-        return jet_config_of(self)
-
 
 def jet_layer(cfg: OuroConfig, window: int) -> Block:
     """An inserted Jet layer: h + self_attn(input_layernorm(h)), no MLP; FastWeightState."""
@@ -195,13 +160,7 @@ class OuroModel(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embed_tokens = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            embedding_init=_EMBED_INIT,
-            dtype=cfg.compute_dtype,
-            param_dtype=jnp.float32,
-        )
+        self.embed_tokens = token_embedding(cfg, cfg.vocab_size)
         sandwich = dict(use_post_mixer_norm=True, use_post_mlp_norm=True)
         self.layers = [Block(cfg, "attn", self.window, **sandwich) for _ in range(cfg.num_layers)]
         self.jet_layers = [jet_layer(cfg, self.window) for _ in cfg.jet_positions]

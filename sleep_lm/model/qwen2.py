@@ -26,75 +26,34 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model.block import Block
-from sleep_lm.model.config import (
-    DELTA_IMPLS,
-    DTYPES,
-    HF_BLOCK_NAMES,
-    BlockNames,
-    Config,
-    jet_config_of,
-    json_object,
-    number,
-    one_of,
-    positive,
-)
-from sleep_lm.model.stages import StagedLM, run_blocks
+from sleep_lm.model.config import DecoderConfig, positive
+from sleep_lm.model.stages import StagedLM, run_blocks, token_embedding
 from sleep_lm.model.state import ModelState
-from sleep_lm.ops import PRECISIONS
 
 QWEN2_LAYER_KINDS = ("attn", "swa", "jet")
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 @dataclasses.dataclass(frozen=True)
-class Qwen2Config(Config):
-    """Static hyper-parameters of a Qwen2-style decoder (hashable: a jit static argument).
+class Qwen2Config(DecoderConfig):
+    """A Qwen2-style decoder (hashable: a jit static argument); the shared fields are
+    DecoderConfig's (model/config.py).
 
     Attributes:
-      vocab_size, width (hidden_size), intermediate (SwiGLU hidden size), heads (query
-        heads), kv_heads (key/value heads; heads a multiple), head_dim: as in config.json.
+      intermediate: SwiGLU hidden size (intermediate_size).
       layers: one kind per layer, "attn" | "swa" | "jet".
       sliding_window: mask window of "swa" layers (keys including the query); 0 if none.
-      rope_theta: RoPE base; norm_eps: RMSNorm epsilon; tie_embeddings: head = embedding^T.
-      jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size,
-        jet_generator_reduction, jet_norm_eps: the "jet" layers' JetConfig (model/jet.py).
-      gdn_impl, chunk_size, gdn_precision: ops settings of the jet layers.
-      dtype: compute dtype name; parameters are float32.
-      hf_extra: the checkpoint's config.json as JSON text, written back by ``save_hf``.
+      tie_embeddings: head = embedding^T.
     """
 
-    vocab_size: int = positive(96)
-    width: int = positive(32)
     intermediate: int = positive(64)
-    heads: int = positive(4)
-    kv_heads: int = positive(2)
-    head_dim: int = positive(8)
     layers: tuple[str, ...] = ("attn", "attn")
     sliding_window: int = 0
-    rope_theta: float = number(1_000_000.0)
-    norm_eps: float = number(1e-6)
     tie_embeddings: bool = False
-    jet_heads: int = positive(2)
-    jet_key_head_dim: int = positive(8)
-    jet_value_head_dim: int = positive(16)
-    jet_conv_size: int = positive(4)
-    jet_generator_reduction: int = positive(8)
-    jet_norm_eps: float = number(1e-5)
-    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
-    chunk_size: int = positive(64)
-    gdn_precision: str = one_of("highest", PRECISIONS)
-    dtype: str = one_of("float32", DTYPES)
-    hf_extra: str = json_object()
 
     qkv_bias: ClassVar[bool] = True
-    mlp_gated: ClassVar[bool] = True
-    block_names: ClassVar[BlockNames] = HF_BLOCK_NAMES
 
     def check(self):
-        if self.heads % self.kv_heads:
-            raise self.bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
-        if self.head_dim % 2:
-            raise self.bad("head_dim", "an even int (RoPE rotates pairs)", self.head_dim)
+        super().check()
         if not self.layers:
             raise self.bad("layers", f"a list of {QWEN2_LAYER_KINDS}", "")
         for kind in self.layers:
@@ -107,10 +66,6 @@ class Qwen2Config(Config):
     def mlp_hidden(self) -> int:
         return self.intermediate
 
-    def jet_config(self):
-        """The JetConfig of this model's "jet" layers (model/jet.py)."""
-        return jet_config_of(self)
-
 
 class Qwen2Model(nn.Module):
     """HF's ``model``: embed_tokens, layers_{i}, norm."""
@@ -120,13 +75,7 @@ class Qwen2Model(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embed_tokens = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            embedding_init=_EMBED_INIT,
-            dtype=cfg.compute_dtype,
-            param_dtype=jnp.float32,
-        )
+        self.embed_tokens = token_embedding(cfg, cfg.vocab_size)
         self.layers = [Block(cfg, kind, self.window) for kind in cfg.layers]
         self.norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
 

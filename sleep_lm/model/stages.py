@@ -14,6 +14,19 @@ import jax.numpy as jnp
 
 from sleep_lm.model.state import ModelState, empty_cache
 
+EMBED_INIT = nn.initializers.normal(stddev=0.02)
+
+
+def token_embedding(cfg, vocab_size: int) -> nn.Embed:
+    """Token table [vocab, width] (float32), looked up in the compute dtype."""
+    return nn.Embed(
+        vocab_size,
+        cfg.width,
+        embedding_init=EMBED_INIT,
+        dtype=cfg.compute_dtype,
+        param_dtype=jnp.float32,
+    )
+
 
 def run_blocks(blocks, h, state: ModelState, positions, start: int, stop: int, valid=None):
     """Runs ``blocks[start:stop]`` (Python ints) once on h [batch, time, width]; the other
