@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 
 from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions
-from sleep_lm.pretrained import registry
+from sleep_lm.pretrained import reference, registry
 
 # config.json keys this family models (the rest is kept verbatim in OuroConfig.hf_extra).
 _MODELLED = (
@@ -49,6 +49,7 @@ _MODELLED = (
     "rms_norm_eps",
     "total_ut_steps",
     "early_exit_threshold",
+    "early_exit_step",
     "tie_word_embeddings",
     "hidden_act",
     "jet_positions",
@@ -76,22 +77,7 @@ OPTIONS = (
 )
 
 
-def _bad(field: str, allowed: str, got) -> ValueError:
-    return ValueError(f"config.json {field}: allowed {allowed}, got {got!r}")
-
-
-def _rope_theta(hf: dict) -> float:
-    theta = hf.get("rope_theta")
-    params = hf.get("rope_parameters")  # transformers >= 5 writes rope settings here
-    if theta is None and isinstance(params, dict):
-        theta = params.get("rope_theta")
-    if theta is None:
-        raise _bad("rope_theta", "a number", None)
-    for key in ("rope_scaling", "rope_parameters"):
-        scaling = hf.get(key)
-        if isinstance(scaling, dict) and scaling.get("rope_type", "default") != "default":
-            raise _bad(f"{key}.rope_type", '"default" (RoPE scaling is not supported)', scaling)
-    return float(theta)
+_bad = reference.bad
 
 
 def config_from_hf(hf: dict, **options) -> OuroConfig:
@@ -101,22 +87,21 @@ def config_from_hf(hf: dict, **options) -> OuroConfig:
             raise ValueError(f"load option {name!r} is not known to the ouro family: {OPTIONS}")
     if hf.get("model_type") != "ouro":
         raise _bad("model_type", '"ouro"', hf.get("model_type"))
-    if hf.get("hidden_act", "silu") != "silu":
-        raise _bad("hidden_act", '"silu"', hf.get("hidden_act"))
-    if hf.get("tie_word_embeddings", False):
+    defaults = reference.OURO
+    reference.refuse_unsupported(hf, defaults)
+    if reference.get(hf, defaults, "tie_word_embeddings"):
         raise _bad("tie_word_embeddings", "false (Ouro's head is untied)", True)
-    if hf.get("use_sliding_window", False):
+    if reference.get(hf, defaults, "use_sliding_window"):
         raise _bad("use_sliding_window", "false (sliding-window layers are not supported)", True)
     layer_types = hf.get("layer_types") or ()
     if any(t != "full_attention" for t in layer_types):
         raise _bad("layer_types", '"full_attention" only', layer_types)
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
-        if key not in hf:
-            raise _bad(key, "a positive int", None)
-    heads = hf.get("num_attention_heads")
-    if not isinstance(heads, int) or heads < 1:
-        raise _bad("num_attention_heads", "a positive int", heads)
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    loops = reference.positive(hf, defaults, "total_ut_steps")
+    exit_step = reference.get(hf, defaults, "early_exit_step")
+    if exit_step is not None and exit_step != loops - 1:
+        # A fixed exit at loop k is this model with total_ut_steps = k + 1 (load option).
+        allowed = f"null or {loops - 1} (the last loop; load with total_ut_steps=k + 1)"
+        raise _bad("early_exit_step", allowed, exit_step)
     jet = {}
     if hf.get("jet_positions"):
         given = hf.get("jet_config")
@@ -126,17 +111,14 @@ def config_from_hf(hf: dict, **options) -> OuroConfig:
         jet["jet_positions"] = tuple(hf["jet_positions"])
     extra = {k: v for k, v in hf.items() if k not in _MODELLED}
     fields = dict(
-        vocab_size=hf["vocab_size"],
-        width=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        heads=heads,
-        kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        rope_theta=_rope_theta(hf),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        total_ut_steps=hf.get("total_ut_steps", 4),
-        early_exit_threshold=float(hf.get("early_exit_threshold", 1.0)),
+        vocab_size=reference.positive(hf, defaults, "vocab_size"),
+        intermediate_size=reference.positive(hf, defaults, "intermediate_size"),
+        num_layers=reference.positive(hf, defaults, "num_hidden_layers"),
+        **reference.attention_shape(hf, defaults),
+        rope_theta=reference.rope_theta(hf, defaults),
+        norm_eps=float(reference.get(hf, defaults, "rms_norm_eps")),
+        total_ut_steps=loops,
+        early_exit_threshold=float(reference.get(hf, defaults, "early_exit_threshold")),
         hf_extra=json.dumps(extra, sort_keys=True) if extra else "",
         **jet,
     )
