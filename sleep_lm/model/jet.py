@@ -1,46 +1,29 @@
 """Jet block (Jet-Nemotron's JetBlock): a Gated DeltaNet mixer with a dynamic convolution.
 
 Written from the published description of NVlabs/Jet-Nemotron (``jetai/modeling/hf/
-jet_block.py``, ``dynamic_conv.py``; Apache-2.0 code, read to get the math and names right,
-none copied). Per token (shapes [batch, time, heads, key]; key = key_head_dim, value =
-value_head_dim, which may differ: Jet-Nemotron-2B has 96 and 256):
+jet_block.py``, ``dynamic_conv.py``; Apache-2.0 code, read for the math and names, none
+copied). Per token, shapes [batch, time, heads, key] (key = key_head_dim, value =
+value_head_dim, which may differ)::
 
   q, k    = SiLU(x W_q), SiLU(x W_k)                      no convolution on q, k
-  K_t     = generator(x_t) = SiLU(x_t W_1) W_2 + b_2      [channels, conv_size] per token
+  K_t     = SiLU(x_t W_1) W_2 + b_2                       [channels, conv_size] per token
   v       = SiLU(dynamic_causal_conv(x W_v, K))           channels = heads * value
-  beta    = sigmoid(x W_b)                                write strength, float32
-  g       = -exp(A_log) * softplus(x W_a + dt_bias)       log forget gate, float32
-  o, S    = ops.gated_delta_rule(l2(q), l2(k), v, g, beta, initial_state=S,
-                                 scale=key ** -0.5)
-  y       = (RMSNorm_head(o) * w_norm * SiLU(x W_g)) W_o  per-head RMSNorm (eps 1e-5), gated
+  beta    = sigmoid(x W_b);  g = -exp(A_log) * softplus(x W_a + dt_bias)     float32
+  o, S    = ops.gated_delta_rule(l2(q), l2(k), v, g, beta, initial_state=S, scale=key**-0.5)
+  y       = (RMSNorm_head(o) * SiLU(x W_g)) W_o
 
-The input x is the (already normed) layer input; the kernel generator reads x, not the
-values it convolves. Its hidden size is value_dim // generator_reduction (Jet-Nemotron-2B:
-3072 // 8 = 384). The generator output is laid out (channel, width): entry c * conv_size + w
-is channel c's tap w, and tap conv_size - 1 multiplies the current token.
+x is the (already normed) layer input; the kernel generator reads x, not the values it
+convolves; tap conv_size - 1 multiplies the current token. No positional encoding (as the
+reference): ``positions`` is accepted for the mixer interface and unused.
 
-Unlike GDN (sleep_lm/model/fast_weight.py) the block has no positional encoding of its own,
-as in the reference: ``positions`` is accepted for the mixer interface and unused.
+State: ``FastWeightState`` with S [batch, heads, key, value] float32 and ``conv_tail``
+[batch, conv_size - 1, heads * value], the RAW v projections of the last tokens, so a
+sequence split anywhere (or decoded token by token) equals the whole. Padding (``valid``
+[batch, time], False = padded) is inert as in GDN: zero v input, g = beta = 0.
 
-State: a ``FastWeightState`` whose ``fast_weights`` are S [batch, heads, key, value] float32
-and whose ``conv_tail`` [batch, conv_size - 1, heads * value] holds the RAW v projections of
-the last conv_size - 1 tokens (before the convolution). The kernels are generated from each
-token's own input, so nothing else is needed to continue the sequence: decoding token by
-token equals one prefill, and a sequence split anywhere equals the whole. Hard eviction
-(``state.clear_local``) zeroes the tail, as for GDN.
-
-Padding (``valid`` [batch, time] bool, False = a padded token) is inert as in GDN
-(``fast_weight.mask_inputs`` / ``mask_gates``): the raw v projection of a padded token is
-zeroed before the convolution (so with left padding no padded token reaches a real token's
-taps or the tail) and its g and beta are 0 (S passes through unchanged).
-
-Parameter paths mirror the Hugging Face tensor names inside ``self_attn`` (flax path joined
-by "." = HF name; Dense ``kernel`` = HF ``weight`` transposed, RMSNorm ``scale`` = HF
-``weight``): ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj``, ``b_proj``, ``g_proj``,
-``o_proj`` (kernels, no biases), ``A_log`` [heads], ``dt_bias`` [heads],
-``dynamic_conv1d/kernel_generator/w1`` (kernel [width, hidden], no bias),
-``dynamic_conv1d/kernel_generator/w2`` (kernel [hidden, channels * conv_size] and bias
-[channels * conv_size]), ``o_norm`` (scale [value]).
+Parameters mirror the Hugging Face names inside ``self_attn`` (Dense ``kernel`` = HF
+``weight`` transposed): ``{q,k,v,a,b,g,o}_proj``, ``A_log`` [heads], ``dt_bias`` [heads],
+``dynamic_conv1d/kernel_generator/{w1, w2}`` (w2 with bias), ``o_norm`` (scale [value]).
 """
 
 from __future__ import annotations

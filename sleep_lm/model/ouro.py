@@ -1,61 +1,32 @@
 """Ouro: a looped (Universal-Transformer style) attention LM, with optional inserted Jet layers.
 
-Architecture (ByteDance's Ouro-1.4B, read in the hub's ``modeling_ouro.py`` and vLLM's
-``vllm/model_executor/models/ouro.py``; our own code):
+ByteDance's Ouro-1.4B (read in the hub's ``modeling_ouro.py`` and vLLM's ``ouro.py``; our
+own code). A stack of ``num_layers`` sandwich-norm blocks (model/block.py, h [batch, time,
+width])::
 
-* a stack of ``num_layers`` decoder layers with *sandwich* RMSNorms::
+    h = h + input_layernorm_2(self_attn(input_layernorm(h)))
+    h = h + post_attention_layernorm_2(mlp(post_attention_layernorm(h)))
 
-      x = x + input_layernorm_2(attn(input_layernorm(x)))
-      x = x + post_attention_layernorm_2(mlp(post_attention_layernorm(x)))
+with attention without biases (RoPE, the checkpoint's theta) and a SwiGLU MLP, runs
+``total_ut_steps`` times ("loops"); ``model.norm`` closes every loop, so the readout is
+``lm_head`` of the last loop's output. ``exit_logits`` gives every loop's logits and the
+early-exit gate's exit distribution.
 
-  attention without biases (grouped-query when kv_heads < heads), RoPE in the Hugging Face
-  rotate-half convention with the checkpoint's theta, SwiGLU MLP;
-* the stack runs ``total_ut_steps`` times ("loops"); after every loop ``model.norm`` is
-  applied and its output is the next loop's input; every loop uses the same positions and
-  its own KV cache, so there is one cache per (loop, layer);
-* logits = lm_head(output of the last loop): the last loop's ``model.norm`` is the final
-  norm, so ``head`` is the untied ``lm_head`` alone;
-* ``model.early_exit_gate`` (Linear(width -> 1) with bias) is loaded and saved. The readout
-  is always the last loop (Ouro's ``early_exit_threshold`` = 1.0, what vLLM always runs);
-  ``exit_logits`` gives every loop's logits and the gate's exit distribution for the
-  alternatives (exit at a given loop, or the p-weighted "expected" logits of Ouro's
-  training loss). Exiting at loop k is also just this model with ``total_ut_steps = k + 1``
-  and the same parameters.
+Stage interface: ``blocks(start, stop)`` indexes *units* ``u = loop * stack_size + i``
+(stack layer i in loop ``loop``); ``config.layers`` has one kind per unit and
+``ModelState.layers`` one state per unit (a KVCache per (loop, attention layer), a
+FastWeightState per (loop, Jet layer)). ``OuroConfig.sleep_loops`` chooses how sleep
+passes compose with the loops ("all": a sleep pass is a whole Ouro forward; "last": only
+the last loop repeats; README.md, "Pretrained models").
 
-Stage interface (what sleep.py, inference.py and train/ use). ``blocks(start, stop)``
-indexes *units*: unit ``u = loop * stack_size + i`` is stack layer ``i`` in loop ``loop``,
-so ``config.layers`` (one kind per unit: "attn" or "jet") has ``total_ut_steps *
-stack_size`` entries, each with its own state in ``ModelState.layers`` (a KVCache per
-(loop, attention layer), a FastWeightState per (loop, Jet layer)). The per-loop
-``model.norm`` sits at the end of each loop's last unit.
+Inserted Jet layers (``jet_positions``: the original layer each is inserted before) are
+mixer-only blocks ``h + self_attn(input_layernorm(h))`` with a JetBlock (model/jet.py);
+``jet_identity_init`` zeroes their ``o_proj`` at init (logits unchanged at step 0).
 
-How sleep passes compose with Ouro's own loops (the paper leaves it open).
-``sleep.loop_blocks`` is a slice over units. Its default "all" makes every sleep pass a
-whole Ouro forward (all ``total_ut_steps`` loops): N passes run the stack N x
-total_ut_steps times, and pass n + 1 starts from pass n's output, normed by ``model.norm``
-exactly as an Ouro loop starts from the previous loop's; the fast weights of each
-(loop, Jet layer) unit are carried from pass to pass, each unit's local context restarts
-from the window start. ``OuroConfig.sleep_loops`` names this choice: "all" (the default,
-just described) or "last" (the sleep passes loop only the last Ouro loop: loops
-0..total_ut_steps-2 run once, then the last loop N times); ``OuroLM.sleep_loop_blocks``
-is the ``sleep.loop_blocks`` value that selects it, and the trainer (train/loop.py) uses it
-when ``sleep.loop_blocks`` is "all" (its default). With N = 1 both equal the plain
-forward.
-
-Inserted Jet layers (the paper adds 6 to Ouro-1.4B): ``jet_positions`` lists, for each
-new layer, the original layer it is inserted *before* (``num_layers`` = after the last).
-A Jet layer has no MLP: ``x = x + jet(input_layernorm(x))`` with ``jet`` the JetBlock of
-sleep_lm/model/jet.py. ``jet_identity_init`` (default True) zeroes its ``o_proj`` at
-initialisation, so a loaded model's logits are unchanged at step 0. The default positions
-(``even_jet_positions``) spread the layers evenly, one in the middle of each group of
-num_layers / count layers: 2, 6, 10, 14, 18, 22 for 6 layers in Ouro-1.4B's 24.
-Parameter names: ``model/jet_layers_{j}/{input_layernorm,self_attn}`` (Hugging Face
-``model.jet_layers.{j}...``; ``self_attn`` holds the JetBlock's names).
-
-Parameter tree (mirrors the Hugging Face names, see sleep_lm/pretrained/hf.py):
-``model/{embed_tokens, layers_{i}/{input_layernorm, input_layernorm_2, self_attn/{q,k,v,o}_proj,
-post_attention_layernorm, post_attention_layernorm_2, mlp/{gate,up,down}_proj}, jet_layers_{j},
-norm, early_exit_gate}``, ``lm_head``. Parameters are float32; compute uses ``dtype``.
+Parameters mirror the Hugging Face names (pretrained/hf.py): ``model/{embed_tokens,
+layers_{i}/{input_layernorm, input_layernorm_2, self_attn, post_attention_layernorm,
+post_attention_layernorm_2, mlp}, jet_layers_{j}/{input_layernorm, self_attn}, norm,
+early_exit_gate}``, ``lm_head``. Parameters are float32; compute uses ``dtype``.
 """
 
 from __future__ import annotations
