@@ -21,7 +21,8 @@ the last loop repeats; README.md, "Pretrained models").
 
 Inserted Jet layers (``jet_positions``: the original layer each is inserted before) are
 mixer-only blocks ``h + self_attn(input_layernorm(h))`` with a JetBlock (model/jet.py);
-``jet_identity_init`` zeroes their ``o_proj`` at init (logits unchanged at step 0).
+inserting them into a checkpoint (identity init: zero ``o_proj``, logits unchanged at step
+0) is the loader's: sleep_lm/pretrained/ouro.py.
 
 Parameters mirror the Hugging Face names (pretrained/hf.py): ``model/{embed_tokens,
 layers_{i}/{input_layernorm, input_layernorm_2, self_attn, post_attention_layernorm,
@@ -64,7 +65,8 @@ class OuroConfig(DecoderConfig):
       jet_positions: insertion point of each new Jet layer (before original layer p).
       jet_*: the inserted Jet layers' shape; defaults for Ouro-1.4B's width 2048:
         Jet-Nemotron-2B's head shape (96 / 256) with 16 heads.
-      jet_identity_init: zero the Jet layers' o_proj at init (identity residual layers).
+      jet_identity_init: the loader zeroes inserted Jet layers' o_proj (identity residual
+        layers; pretrained/ouro.py).
       sleep_loops: "all" | "last": which loops a sleep pass runs (README, "Ouro").
 
     The sleep window L is the module's ``window`` field (``OuroLM(config, window=L)``).
@@ -274,95 +276,10 @@ class OuroLM(StagedLM):
 
     @nn.nowrap
     def init_params(self, rng: jax.Array) -> dict:
-        """Initial parameters (float32); Jet layers' o_proj zero if jet_identity_init."""
+        """Initial parameters (float32), the early-exit gate included."""
         tokens = jnp.zeros((1, 1), jnp.int32)
         positions = jnp.zeros((1,), jnp.int32)
         state = self.init_state(1, cache_len=0)
 
-        def init(r):
-            params = self.init(r, tokens, positions, state, method=self.exit_logits)["params"]
-            return identity_jet_params(self.config, params)
-
+        init = lambda r: self.init(r, tokens, positions, state, method=self.exit_logits)["params"]
         return jax.jit(init)(rng)
-
-    @nn.nowrap
-    def inserted_paths(self) -> tuple[tuple[str, ...], ...]:
-        """Flax paths of the inserted (Jet) layers: the subtrees a loader initialises with
-        ``init_inserted`` when a checkpoint of the original model lacks them."""
-        return tuple(("model", f"jet_layers_{j}") for j in range(len(self.config.jet_positions)))
-
-    @nn.nowrap
-    def init_inserted(self, rng: jax.Array) -> dict:
-        """Fresh parameters of the inserted layers only, {"model": {"jet_layers_j": ...}}
-        (o_proj zero if jet_identity_init), without initialising the whole model: what
-        ``insert_jet_layers`` and a loader use on a 1.4B checkpoint."""
-        cfg = self.config
-        if not cfg.jet_positions:
-            return {"model": {}}
-        h = jnp.zeros((1, 1, cfg.width), cfg.compute_dtype)
-        positions = jnp.zeros((1,), jnp.int32)
-        layer = jet_layer(cfg, self.window)
-        from sleep_lm.model.jet import jet_state
-
-        state = jet_state(cfg.jet_config(), 1, cfg.compute_dtype)
-
-        def init(r):
-            keys = jax.random.split(r, len(cfg.jet_positions))
-            layers = {
-                f"jet_layers_{j}": layer.init(k, h, state, positions)["params"]
-                for j, k in enumerate(keys)
-            }
-            return identity_jet_params(cfg, {"model": layers})
-
-        return jax.jit(init)(rng)
-
-
-def identity_jet_params(cfg: OuroConfig, params: dict) -> dict:
-    """``params`` with every inserted Jet layer's o_proj kernel zeroed when
-    ``cfg.jet_identity_init`` (the layer then adds nothing: an identity residual layer)."""
-    if not cfg.jet_identity_init or not cfg.jet_positions:
-        return params
-    model = dict(params["model"])
-    for j in range(len(cfg.jet_positions)):
-        layer = dict(model[f"jet_layers_{j}"])
-        attn = dict(layer["self_attn"])
-        attn["o_proj"] = jax.tree.map(jnp.zeros_like, attn["o_proj"])
-        layer["self_attn"] = attn
-        model[f"jet_layers_{j}"] = layer
-    return {**params, "model": model}
-
-
-def insert_jet_layers(
-    model: OuroLM,
-    params: dict,
-    rng: jax.Array,
-    *,
-    positions: tuple[int, ...] | None = None,
-    count: int = 6,
-    identity: bool = True,
-    **jet_fields,
-) -> tuple[OuroLM, dict]:
-    """Inserts freshly initialised Jet layers into a (loaded) Ouro model.
-
-    positions: insertion points (before original layer p), default ``even_jet_positions(
-    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0); jet_fields:
-    OuroConfig ``jet_*`` overrides of the new layers' shape. The model must have no Jet
-    layers yet. Returns (new model, params): the loaded tensors unchanged, the new layers'
-    from a fresh init.
-    """
-    cfg = model.config
-    if cfg.jet_positions:
-        raise ValueError(
-            f"model.jet_positions: the model already has Jet layers {cfg.jet_positions}"
-        )
-    for name in jet_fields:
-        if not name.startswith("jet_") or not hasattr(cfg, name):
-            raise ValueError(f"model.{name}: not a Jet-layer field of OuroConfig")
-    if positions is None:
-        positions = even_jet_positions(cfg.num_layers, count)
-    new_cfg = dataclasses.replace(
-        cfg, jet_positions=tuple(positions), jet_identity_init=bool(identity), **jet_fields
-    )
-    new_model = model.clone(config=new_cfg)
-    fresh = new_model.init_inserted(rng)
-    return new_model, {**params, "model": {**params["model"], **fresh["model"]}}

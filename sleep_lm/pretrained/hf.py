@@ -238,7 +238,7 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, seed: int = 0, **opt
     layout = hf_layout(abstract)
     files = weight_files(path)
     reader = _Reader(files)
-    layout, fresh = _inserted(model, layout, files, jax.random.key(seed))
+    layout, fresh = _inserted(family, model, layout, files, jax.random.key(seed))
     check_tensors(layout, reader, files, has_lm_head="lm_head" in abstract)
 
     if shardings is not None:
@@ -277,11 +277,14 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, seed: int = 0, **opt
     return model, _unflatten(flat)
 
 
-def _inserted(model, layout: Mapping, files: Mapping, rng):
+def _inserted(family, model, layout: Mapping, files: Mapping, rng):
     """Layers a family inserts into a checkpoint that lacks them (Ouro's Jet layers:
-    ``model.inserted_paths()``): each such subtree that has NO tensor in the checkpoint is
-    taken from ``model.init_inserted(rng)``. Returns (layout left to read, {path: array})."""
-    prefixes = tuple(getattr(model, "inserted_paths", tuple)())
+    ``family.inserted_paths(model)``): each such subtree that has NO tensor in the checkpoint
+    is taken from ``family.init_inserted(model, rng)``. Returns (layout left to read,
+    {path: array})."""
+    if family.inserted_paths is None:
+        return layout, {}
+    prefixes = tuple(family.inserted_paths(model))
     absent = [
         p
         for p in prefixes
@@ -289,7 +292,7 @@ def _inserted(model, layout: Mapping, files: Mapping, rng):
     ]
     if not absent:
         return layout, {}
-    init = model.init_inserted(rng)
+    init = family.init_inserted(model, rng)
     fresh = {
         _path_keys(p): leaf
         for p, leaf in jax.tree_util.tree_flatten_with_path(init)[0]

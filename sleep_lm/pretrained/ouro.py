@@ -11,12 +11,12 @@ rule), ``sleep_loops`` ("all" | "last", see sleep_lm/model/ouro.py), ``total_ut_
 (run fewer or more loops than the checkpoint's: exiting at loop k is total_ut_steps=k + 1)
 and ``jet_identity_init``.
 
-Inserting Jet layers: after loading, ``sleep_lm.model.ouro.insert_jet_layers(model, params,
-rng)``; or at load with the options ``jet_positions`` (a list of insertion points, or a
+Inserting Jet layers: after loading, ``insert_jet_layers(model, params, rng)`` (below); or
+at load with the options ``jet_positions`` (a list of insertion points, or a
 count for ``even_jet_positions``) and ``jet_*`` shape options: the model then has
-parameters the checkpoint lacks, ``model.inserted_paths()``, which a loader takes from
-``model.init_inserted(rng)`` (identity at init by default). Inserted Jet layers are
-exported as tensors
+parameters the checkpoint lacks, ``inserted_paths(model)``, which load_hf takes from
+``init_inserted(model, rng)`` with ``rng = key(seed)`` (identity at init by default).
+Inserted Jet layers are exported as tensors
 ``model.jet_layers.{j}.input_layernorm.weight`` and ``model.jet_layers.{j}.self_attn.*``
 (the JetBlock's Jet-Nemotron names) with two config.json fields: ``jet_positions`` (the
 original layer each is inserted before) and ``jet_config`` ({heads, key_head_dim,
@@ -30,9 +30,14 @@ RoPE scaling, tied embeddings, an activation other than SiLU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions
+import jax
+import jax.numpy as jnp
+
+from sleep_lm.model.jet import jet_state
+from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions, jet_layer
 from sleep_lm.pretrained import reference, registry
 
 # config.json keys this family models (the rest is kept verbatim in OuroConfig.hf_extra).
@@ -164,6 +169,89 @@ def config_to_hf(cfg: OuroConfig) -> dict:
     return hf
 
 
+# ------------------------------------------------------------------ inserted Jet layers
+
+
+def inserted_paths(model: OuroLM) -> tuple[tuple[str, ...], ...]:
+    """Flax paths of the inserted (Jet) layers: the subtrees a loader initialises with
+    ``init_inserted`` when a checkpoint of the original model lacks them."""
+    return tuple(("model", f"jet_layers_{j}") for j in range(len(model.config.jet_positions)))
+
+
+def init_inserted(model: OuroLM, rng: jax.Array) -> dict:
+    """Fresh parameters of the inserted layers only, {"model": {"jet_layers_j": ...}}
+    (o_proj zero if jet_identity_init), without initialising the whole model: what
+    ``insert_jet_layers`` and load_hf use on a 1.4B checkpoint."""
+    cfg = model.config
+    if not cfg.jet_positions:
+        return {"model": {}}
+    h = jnp.zeros((1, 1, cfg.width), cfg.compute_dtype)
+    positions = jnp.zeros((1,), jnp.int32)
+    layer = jet_layer(cfg, model.window)
+    state = jet_state(cfg.jet_config(), 1, cfg.compute_dtype)
+
+    def init(r):
+        keys = jax.random.split(r, len(cfg.jet_positions))
+        layers = {
+            f"jet_layers_{j}": layer.init(k, h, state, positions)["params"]
+            for j, k in enumerate(keys)
+        }
+        return identity_jet_params(cfg, {"model": layers})
+
+    return jax.jit(init)(rng)
+
+
+def identity_jet_params(cfg: OuroConfig, params: dict) -> dict:
+    """``params`` with every inserted Jet layer's o_proj kernel zeroed when
+    ``cfg.jet_identity_init`` (the layer then adds nothing: an identity residual layer)."""
+    if not cfg.jet_identity_init or not cfg.jet_positions:
+        return params
+    layers = dict(params["model"])
+    for j in range(len(cfg.jet_positions)):
+        layer = dict(layers[f"jet_layers_{j}"])
+        attn = dict(layer["self_attn"])
+        attn["o_proj"] = jax.tree.map(jnp.zeros_like, attn["o_proj"])
+        layer["self_attn"] = attn
+        layers[f"jet_layers_{j}"] = layer
+    return {**params, "model": layers}
+
+
+def insert_jet_layers(
+    model: OuroLM,
+    params: dict,
+    rng: jax.Array,
+    *,
+    positions: tuple[int, ...] | None = None,
+    count: int = 6,
+    identity: bool = True,
+    **jet_fields,
+) -> tuple[OuroLM, dict]:
+    """Inserts freshly initialised Jet layers into a (loaded) Ouro model.
+
+    positions: insertion points (before original layer p), default ``even_jet_positions(
+    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0); jet_fields:
+    OuroConfig ``jet_*`` overrides of the new layers' shape. The model must have no Jet
+    layers yet. Returns (new model, params): the loaded tensors unchanged, the new layers'
+    from a fresh init.
+    """
+    cfg = model.config
+    if cfg.jet_positions:
+        raise ValueError(
+            f"model.jet_positions: the model already has Jet layers {cfg.jet_positions}"
+        )
+    for name in jet_fields:
+        if not name.startswith("jet_") or not hasattr(cfg, name):
+            raise ValueError(f"model.{name}: not a Jet-layer field of OuroConfig")
+    if positions is None:
+        positions = even_jet_positions(cfg.num_layers, count)
+    new_cfg = dataclasses.replace(
+        cfg, jet_positions=tuple(positions), jet_identity_init=bool(identity), **jet_fields
+    )
+    new_model = model.clone(config=new_cfg)
+    fresh = init_inserted(new_model, rng)
+    return new_model, {**params, "model": {**params["model"], **fresh["model"]}}
+
+
 def build(cfg: OuroConfig) -> OuroLM:
     """OuroLM with the default window; load_hf sets the sleep window with clone(window=L)."""
     if not isinstance(cfg, OuroConfig):
@@ -178,7 +266,19 @@ FAMILY = registry.register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         build=build,
+        inserted_paths=inserted_paths,
+        init_inserted=init_inserted,
     )
 )
 
-__all__ = ["FAMILY", "OPTIONS", "build", "config_from_hf", "config_to_hf"]
+__all__ = [
+    "FAMILY",
+    "OPTIONS",
+    "build",
+    "config_from_hf",
+    "config_to_hf",
+    "identity_jet_params",
+    "init_inserted",
+    "insert_jet_layers",
+    "inserted_paths",
+]

@@ -60,23 +60,8 @@ JET_BLOCK = dict(
     dconv_implementation="triton",
 )
 JET_BLOCK_MODES = ("chunk", "fused_recurrent")  # kernels of one computation
-OURO = dict(
-    vocab_size=151936,
-    hidden_size=4096,
-    intermediate_size=22016,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    hidden_act="silu",
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-    rope_theta=10000.0,
-    use_sliding_window=False,
-    attention_dropout=0.0,
-    total_ut_steps=4,
-    early_exit_threshold=1.0,
-    early_exit_step=None,
-)
+# Ouro's OuroConfig is Qwen2Config's fields and defaults plus the loops.
+OURO = dict(QWEN2, total_ut_steps=4, early_exit_threshold=1.0, early_exit_step=None)
 
 
 def bad(field: str, allowed: str, got) -> ValueError:

@@ -17,8 +17,9 @@ import pytest
 
 import sleep_lm.pretrained.ouro as ouro_family
 from sleep_lm import inference, sleep
-from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions, insert_jet_layers
+from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions
 from sleep_lm.pretrained import hf
+from sleep_lm.pretrained.ouro import insert_jet_layers
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "ouro"
 TINY_JET = dict(jet_heads=2, jet_key_head_dim=8, jet_value_head_dim=16)
