@@ -142,8 +142,7 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.task.max_op = 8
     config.task.eval_ops = "2-8"
     config.task.length_range = "2000-3295"  # the paper's lengths, within the answer's room
-    # Compute settings load_hf passes to the family (the model.width, heads, layers, ... above
-    # are the hybrid's and unused: the architecture is the checkpoint's config.json).
+    # Compute settings load_hf passes to the family (the architecture is the checkpoint's).
     config.model.dtype = "bfloat16"
     config.model.gdn_impl = "chunked"
     config.model.chunk_size = 64
@@ -235,13 +234,15 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.padding = "inert"
 
     config.model = config_dict.ConfigDict()
-    config.model.width = 64
-    config.model.heads = 4
-    config.model.layers = "attn,gdn,attn,gdn"
-    config.model.mlp_ratio = 4
-    config.model.rule = "delta"
-    config.model.conv_size = 4
-    config.model.positions = "learned"
+    if preset == "scratch":  # the hybrid's architecture; a pretrained family reads its own
+        config.model.width = 64  # from the checkpoint's config.json
+        config.model.heads = 4
+        config.model.layers = "attn,gdn,attn,gdn"
+        config.model.mlp_ratio = 4
+        config.model.rule = "delta"
+        config.model.conv_size = 4
+        config.model.positions = "learned"
+    # Compute settings (a pretrained family's: what load_hf passes to it).
     config.model.gdn_impl = "chunked"
     config.model.chunk_size = 64
     config.model.gdn_precision = "highest"

@@ -26,7 +26,15 @@ import numpy as np
 from ml_collections import config_dict
 
 from sleep_lm import parallel, sleep
-from sleep_lm.model.config import DTYPES, GDN_IMPLS, LAYER_KINDS, POSITIONS, RULES, ModelConfig
+from sleep_lm.model.config import (
+    DELTA_IMPLS,
+    DTYPES,
+    GDN_IMPLS,
+    LAYER_KINDS,
+    POSITIONS,
+    RULES,
+    ModelConfig,
+)
 from sleep_lm.ops import PRECISIONS
 from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES, split_patterns
 
@@ -79,7 +87,23 @@ def layer_types(layers: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in layers.split(","))
 
 
+def _validate_compute(config) -> None:
+    """A pretrained family's `model.*`: only the compute settings load_hf passes on (the
+    architecture is the checkpoint's config.json), each optional."""
+    for field, check in (
+        ("dtype", lambda f: _choice(config, f, DTYPES)),
+        ("gdn_impl", lambda f: _choice(config, f, DELTA_IMPLS)),
+        ("chunk_size", lambda f: _int(config, f, 1)),
+        ("gdn_precision", lambda f: _choice(config, f, PRECISIONS)),
+    ):
+        if config.model.get(field, None) is not None:
+            check(f"model.{field}")
+
+
 def _validate_model(config) -> None:
+    if model_family(config) != MODEL_FAMILY_DEFAULT:
+        _validate_compute(config)
+        return
     width = _int(config, "model.width", 1)
     heads = _int(config, "model.heads", 1)
     if width % heads:
@@ -122,14 +146,16 @@ def model_family(config) -> str:
 
 
 def pretrained_options(config) -> dict:
-    """load_hf options from `config.model`: the compute settings every family takes, plus
-    `model.hf_options` (a dict of family-specific options, e.g. Ouro's sleep_loops)."""
+    """load_hf options from `config`: the compute settings of `config.model` every family
+    takes, `model.hf_options` (a dict of family-specific options, e.g. Ouro's sleep_loops)
+    and `seed` (of the layers a family inserts, e.g. Ouro's Jet layers)."""
     options = {
         name: config.model[name]
         for name in ("dtype", "gdn_impl", "chunk_size", "gdn_precision")
         if config.model.get(name, None) is not None
     }
     options.update(dict(config.model.get("hf_options", None) or {}))
+    options["seed"] = config.get("seed", 0)
     return options
 
 
@@ -146,6 +172,18 @@ def _pretrained_model(config):
     except ValueError as e:
         raise ConfigError(f"config.init.from_hf={path!r}: {e}") from None
     return family.name, model
+
+
+def _pretrained_config(config):
+    """The family config of `config.init.from_hf` (its config.json read; no model built);
+    ConfigError if the directory, its config.json or the options are bad."""
+    from sleep_lm.pretrained import hf
+
+    path = config.init.from_hf
+    try:
+        return hf.family_config(path, **pretrained_options(config))[1]
+    except ValueError as e:
+        raise ConfigError(f"config.init.from_hf={path!r}: {e}") from None
 
 
 def _validate_checkpoint_dir(config) -> None:
@@ -212,7 +250,7 @@ def _validate_family(config, task) -> None:
 def _num_layers(config) -> int:
     """Blocks `sleep.loop_blocks` indexes: model.layers, or the pretrained model's."""
     if model_family(config) != MODEL_FAMILY_DEFAULT:
-        return len(_pretrained_model(config)[1].config.layers)
+        return len(_pretrained_config(config).layers)
     return len(layer_types(_get(config, "model.layers")))
 
 
@@ -465,7 +503,9 @@ def validate_mesh(config: config_dict.ConfigDict, num_devices: int) -> dict[str,
 
     Raises ConfigError (one line naming the field) when the sizes do not multiply to the
     device count, when train.batch_size or train.eval_size is not a multiple of the batch
-    axes (data x fsdp by default), or model.heads not a multiple of the heads axes (tensor).
+    axes (data x fsdp by default), or a head count not a multiple of the heads axes (tensor):
+    `model.heads` of the hybrid, the checkpoint's heads, KV heads and Jet heads of a
+    pretrained family.
     """
     mesh_cfg = parallel.mesh_config(config)
     try:
@@ -495,13 +535,30 @@ def validate_mesh(config: config_dict.ConfigDict, num_devices: int) -> dict[str,
             f"{config.train.batch_size // micro} rows must be a multiple of the batch axes "
             f"{axes_text('batch')} (mesh.rules.batch)"
         )
-    heads = _int(config, "model.heads", 1)
-    if heads % parallel.axes_size(sizes, rules["heads"]):
-        raise ConfigError(
-            f"config.model.heads={heads} must be a multiple of the heads axes "
-            f"{axes_text('heads')} (mesh.rules.heads)"
-        )
+    for field, heads in _head_counts(config).items():
+        if heads % parallel.axes_size(sizes, rules["heads"]):
+            raise ConfigError(
+                f"{field}={heads} must be a multiple of the heads axes "
+                f"{axes_text('heads')} (mesh.rules.heads)"
+            )
     return sizes
+
+
+def _head_counts(config) -> dict[str, int]:
+    """{where it comes from: count} of every head axis the mesh's heads axes split: the
+    hybrid's `model.heads`; a pretrained family's attention heads, KV heads and Jet heads,
+    read from init.from_hf's config.json (no model built)."""
+    if model_family(config) == MODEL_FAMILY_DEFAULT:
+        return {"config.model.heads": _int(config, "model.heads", 1)}
+    cfg = _pretrained_config(config)
+    where = f"config.init.from_hf={config.init.from_hf!r}: config.json"
+    counts = {
+        f"{where} num_attention_heads": cfg.heads,
+        f"{where} num_key_value_heads": cfg.kv_heads,
+    }
+    if "jet" in cfg.layers:
+        counts[f"{where} Jet layers' num_heads"] = cfg.jet_heads
+    return counts
 
 
 def validate(config: config_dict.ConfigDict, num_devices: int | None = None):

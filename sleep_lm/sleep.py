@@ -12,84 +12,11 @@ After every window the state is evicted: ``hard`` drops all local context (KV ca
 GDN conv tails), so only the fast weights cross the boundary; ``sliding`` keeps it, and
 the attention mask then lets each query see L keys (itself and the previous L - 1 tokens).
 
-Design decisions (the paper leaves them open):
-
-* Local context across passes. Each sleep pass starts from the local context (KV cache and
-  conv tail) that the looped layers had at the window start, so every pass sees the window
-  exactly as the first did, only with refined features. What survives the window (under
-  sliding eviction) is the local context written by the *last* pass. Fast weights are
-  carried from pass to pass and never reset inside a sequence.
-* ``loop_blocks`` = (start, stop), a Python slice over layers: blocks before ``start`` run
-  once before the loop, blocks from ``stop`` on run once after it (their fast weights are
-  written once); wake windows always run every block once.
-* Hard eviction in training allocates no KV cache at all (``cache_len=0``): the cache at a
-  window start is always empty, so attending to it would only add masked keys. Inference
-  decodes with a cache of L slots and clears it with ``evict``; both give the same result.
-* The schedule is static: ``window_schedule`` computes it once on the host from the task's
-  loss mask (it is True where *any* example has a loss position), so the window structure
-  is fixed under jit. Runs of consecutive windows of the same kind and length are one
-  ``lax.scan`` each, so compile time does not grow with the number of windows. A batch whose
-  loss positions fall in a sleep window would have them silently unscored, so
-  ``check_schedule`` refuses it on the host (one-line ValueError): the trainer calls it on
-  every batch before the step, ``sequence_loss`` on a concrete (not traced) batch.
-
-Variable-length examples (inert padding). ``batch["valid"]`` [batch, time] bool (absent: all
-real; then the traced program is exactly the one without padding support) marks real
-tokens; examples shorter than the sequence are LEFT-padded, so the answer stays in the last
-window. Padded tokens are inert in every layer (model/attention.py, fast_weight.py, jet.py):
-no fast-weight write or decay, no conv input, never attended to (in the window or later from
-a KV cache). With learned positions each token's position-table entry is the number of real
-tokens before it in its example (``embed_positions``), so a padded example embeds its tokens
-as the unpadded one does; RoPE and attention masks keep global positions (RoPE is relative,
-the masks count real keys only). Padding by a whole number of windows then reproduces the
-unpadded example exactly (tests/test_padding.py); padding by a partial window shifts where
-the window boundaries fall in the content, which changes what each window holds (as it
-would for any other shift of the text).
-
-Activation rematerialisation (``remat``), so that memory need not grow with N x windows:
-
-* "none": autodiff keeps every intermediate of every pass of every window.
-* "pass": each pass (a sleep pass over the looped blocks, or a wake pass) is a
-  ``jax.checkpoint``: the backward pass keeps only each pass's inputs (features and state)
-  and recomputes one pass at a time. One extra forward per pass.
-* "window": each window (all its passes, eviction, readout) is a ``jax.checkpoint``: only
-  the state at each window boundary is kept; the backward pass recomputes one window at a
-  time, holding that window's N passes of intermediates. One extra forward per window.
-
-Peak temporary memory of the jitted loss gradient, measured from XLA's buffer assignment
-(CPU backend, float32, jax 0.10.2) at the paper's Rule 110 shape: batch 512, T = 100,
-L = 24 (4 sleep windows + 1 wake), width 256, 4 heads, layers attn,gdn,attn,gdn, MLP 4x:
-
-    N   none       pass      window
-    1   10.0 GiB   2.7 GiB   2.7 GiB
-    2   26.8 GiB   3.5 GiB   7.1 GiB
-    4   51.8 GiB   4.3 GiB   12.1 GiB
-
-"none" grows with N x windows, "window" with N, "pass" only with the (small) per-pass
-inputs; "pass" is the choice for N > 1 whenever memory binds.
-
-Truncated gradients (the paper's suggested remedy for cost, untried there). The forward
-pass, and so the loss and every metric, is unchanged; only what autodiff sees changes:
-
-* ``grad_passes`` = M (0 = all): in each sleep window the features and the looped layers'
-  fast weights after the first N - M passes are constants (``stop_gradient``), so gradients
-  flow through the last M passes only. M = 1 is the fixed-point / phantom-gradient
-  approximation; M >= N is full BPTT. Layers outside ``loop_blocks`` keep their gradient.
-  Consequence: with M < N the state entering a sleep window reaches the loss only through
-  the frozen passes, so under hard eviction the gradient into *earlier* windows passes only
-  through the fast weights of layers outside the loop (none when every block is looped),
-  and the window's embedding, which feeds only the first pass, gets none from sleep.
-* ``grad_windows`` = K (0 = all): the state entering window W - K (of W windows, wake
-  windows counted) is a constant: truncated BPTT over the last K windows. Earlier windows
-  still get gradient from the losses of earlier wake windows, if any. On Rule 110 (4 sleep
-  windows + 1 wake) K = 1 leaves no gradient in any sleep window.
-
-Frozen work is run on ``stop_gradient``-ed inputs (parameters included) rather than cut at
-its outputs: the same values and zero gradient, but autodiff then neither traces tangents
-nor keeps residuals for it, which is where the memory and time are saved. The frozen passes
-are one ``lax.scan`` and the differentiated ones another; the cut window starts a new
-segment. With M = 0 or M >= N and K = 0 or K >= W the traced program is exactly that of
-full BPTT.
+Shapes: tokens, targets, loss_mask, valid [batch, time]; h [batch, window, width]; logits
+[batch, window, vocab]. Design decisions (local context across passes, ``loop_blocks``,
+the static schedule), inert padding (``batch["valid"]``), activation rematerialisation
+(``remat``) and truncated gradients (``grad_passes``, ``grad_windows``) are described in
+README.md, "How sleep runs"; their measured memory in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations

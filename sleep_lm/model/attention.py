@@ -1,5 +1,11 @@
 """Causal softmax attention over the current tokens plus a ring-buffer KV cache.
 
+One module for every family, switched by its config: multi-head or grouped-query
+(``kv_heads``), q/k/v bias (``qkv_bias``), rotary positions (``rope_theta``; None = none,
+e.g. learned positions added to the embeddings), and the mask window (``window``: the sleep
+window L for full attention, a shorter one for sliding-window layers). The scores and the
+softmax are ``dot_product_attention``, the one place a memory-efficient backend would go.
+
 Each query at global position p sees the keys at positions p - window < p' <= p that are
 either among the current tokens or held in the cache: a sliding window of ``window`` keys
 (itself and window - 1 earlier tokens). Within one window of a hard-evicted sequence the
@@ -15,11 +21,13 @@ needs no validity bit of its own: an empty slot already is "never attend").
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleep_lm.model.config import ModelConfig
 from sleep_lm.model.positions import rotary
 from sleep_lm.model.state import EMPTY_POSITION, KVCache, constrain
 
@@ -77,28 +85,74 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int) -> jax.Array
     return visible[:, None]
 
 
-class Attention(nn.Module):
-    """Multi-head causal softmax attention with an explicit KV cache."""
+def dot_product_attention(
+    q: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    window: int,
+    dtype,
+) -> jax.Array:
+    """Masked softmax attention; scores and softmax in float32 whatever the compute dtype.
 
-    config: ModelConfig
+    q: [batch, query, heads, head_dim]; keys, values: [batch, key, kv_heads, head_dim]
+    (heads a multiple of kv_heads: query head h reads kv head h // (heads / kv_heads), as
+    HF's repeat_kv); q_pos: [query] global positions; k_pos: [batch, key] (EMPTY_POSITION
+    never attended to). Returns [batch, query, heads, head_dim] in ``dtype``.
+    """
+    batch, time, heads, dim = q.shape
+    kv_heads = keys.shape[2]
+    if heads == kv_heads:
+        scores = jnp.einsum(
+            "bqhd,bkhd->bhqk", q, keys.astype(q.dtype), preferred_element_type=jnp.float32
+        )
+        scores = scores * dim**-0.5
+        scores = jnp.where(attention_mask(q_pos, k_pos, window), scores, _MASKED)
+        probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, values.astype(dtype))
+    # Grouped-query: group the query heads under their kv head instead of repeating keys.
+    qg = q.reshape(batch, time, kv_heads, heads // kv_heads, dim)
+    scores = jnp.einsum(
+        "bqkgd,bskd->bkgqs", qg, keys.astype(q.dtype), preferred_element_type=jnp.float32
+    )
+    scores = scores * dim**-0.5
+    mask = attention_mask(q_pos, k_pos, window)[:, :, None]  # [batch, 1, 1, query, key]
+    scores = jnp.where(mask, scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, values.astype(dtype))
+    return out.reshape(batch, time, heads, dim)
+
+
+class Attention(nn.Module):
+    """Causal softmax attention with an explicit KV cache.
+
+    Attributes:
+      config: a model config (model/config.py): width, heads, kv_heads, head_dim,
+        rope_theta (None: no rotary), qkv_bias, compute_dtype, dense.
+      window: mask window: a query sees itself and window - 1 earlier keys.
+    """
+
+    config: Any
     window: int
 
     @nn.compact
     def __call__(
         self, x: jax.Array, cache: KVCache, positions: jax.Array, valid: jax.Array | None = None
     ) -> tuple[jax.Array, KVCache]:
-        """x: [batch, time, width]; positions: [time] global; valid: [batch, time] bool or
-        None (all valid): padded tokens are never attended to. Returns (y, new cache)."""
+        """x: [batch, time, width]; cache: KVCache [batch, cache_len, kv_heads, head_dim];
+        positions: [time] global; valid: [batch, time] bool or None (all valid): padded
+        tokens are never attended to. Returns (y [batch, time, width], new cache)."""
         cfg = self.config
         batch, time, _ = x.shape
-        heads, dim = cfg.heads, cfg.head_dim
-        dense = cfg.dense
-        split = lambda y: y.reshape(batch, time, heads, dim)
-        q = split(dense(heads * dim, name="q_proj")(x))
-        k = split(dense(heads * dim, name="k_proj")(x))
-        v = split(dense(heads * dim, name="v_proj")(x))
-        if cfg.positions == "rope":
-            q, k = rotary(q, positions), rotary(k, positions)
+        heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
+        dense = functools.partial(cfg.dense, use_bias=cfg.qkv_bias)
+        q = dense(heads * dim, name="q_proj")(x).reshape(batch, time, heads, dim)
+        k = dense(kv_heads * dim, name="k_proj")(x).reshape(batch, time, kv_heads, dim)
+        v = dense(kv_heads * dim, name="v_proj")(x).reshape(batch, time, kv_heads, dim)
+        if cfg.rope_theta is not None:
+            q = rotary(q, positions, base=cfg.rope_theta)
+            k = rotary(k, positions, base=cfg.rope_theta)
 
         if cache.keys.shape[1]:
             keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
@@ -109,13 +163,8 @@ class Attention(nn.Module):
             keys, values = k, v
             k_pos = key_positions(positions, batch, valid)
 
-        # Scores and softmax in float32 whatever the compute dtype.
-        scores = jnp.einsum(
-            "bqhd,bkhd->bhqk", q, keys.astype(q.dtype), preferred_element_type=jnp.float32
+        out = dot_product_attention(
+            q, keys, values, positions, k_pos, self.window, cfg.compute_dtype
         )
-        scores = scores * dim**-0.5
-        scores = jnp.where(attention_mask(positions, k_pos, self.window), scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, values.astype(cfg.compute_dtype))
-        y = dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
+        y = cfg.dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
         return y, constrain(write_cache(cache, k, v, positions, valid))

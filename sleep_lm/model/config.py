@@ -1,123 +1,118 @@
-"""Hashable model configuration, parsed once from ``config.model`` (a ConfigDict or dict)."""
+"""Model configuration: one validated base, and the from-scratch hybrid's ``ModelConfig``.
+
+Every config of ``sleep_lm/model`` (``ModelConfig``, ``JetConfig``, the families'
+``Qwen2Config`` and ``OuroConfig``) is a frozen (hashable) dataclass derived from
+``Config``: its fields say what they accept (``positive``, ``number``, ``one_of``,
+``json_object``) and ``Config.__post_init__`` checks them all, raising one-line
+ValueErrors ``"<prefix>.<field>: allowed ..., got ..."``; a config adds its cross-field
+checks in ``check``.
+
+The attributes a shared layer reads from any family config (``attention.Attention``,
+``block.Block``, ``block.MLP``): width, heads, kv_heads, head_dim, rope_theta (None: no
+rotary), qkv_bias, norm_eps, mlp_hidden, mlp_gated, block_names, compute_dtype, dense.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
+from typing import ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sleep_lm.model.positions import ROPE_BASE
 from sleep_lm.ops import PRECISIONS
 
 LAYER_KINDS = ("attn", "gdn", "jet")
 RULES = ("delta", "linear")
 POSITIONS = ("learned", "none", "rope")
 GDN_IMPLS = ("chunked", "recurrent", "associative")
+DELTA_IMPLS = GDN_IMPLS[:2]  # the delta rule has no associative scan
 DTYPES = ("float32", "bfloat16")
+
+_POSITIVE = "a positive int"
+_NUMBER = "a positive number"
+_JSON = "a JSON object string"
+
+
+def positive(default=dataclasses.MISSING):
+    """A dataclass field that must be an int >= 1."""
+    return dataclasses.field(default=default, metadata={"allowed": _POSITIVE})
+
+
+def number(default=dataclasses.MISSING):
+    """A dataclass field that must be a finite number > 0."""
+    return dataclasses.field(default=default, metadata={"allowed": _NUMBER})
+
+
+def one_of(default, allowed: tuple):
+    """A dataclass field whose value must be one of ``allowed``."""
+    return dataclasses.field(default=default, metadata={"allowed": tuple(allowed)})
+
+
+def json_object(default: str = ""):
+    """A dataclass field holding JSON object text ("" = none)."""
+    return dataclasses.field(default=default, metadata={"allowed": _JSON})
+
+
+def _valid(value, allowed) -> bool:
+    if allowed == _POSITIVE:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    if allowed == _NUMBER:
+        real = isinstance(value, int | float) and not isinstance(value, bool)
+        return real and math.isfinite(value) and value > 0
+    if allowed == _JSON:
+        try:
+            return isinstance(json.loads(value) if value else {}, dict)
+        except (TypeError, ValueError):
+            return False
+    return value in allowed
+
+
+class BlockNames(NamedTuple):
+    """Parameter names inside one decoder block (``block.Block``)."""
+
+    mixer: str
+    mixer_norm: str
+    mlp: str
+    mlp_norm: str
+    post_mixer_norm: str = ""
+    post_mlp_norm: str = ""
+
+
+# Hugging Face decoder names (Qwen2, Jet-Nemotron, Ouro's sandwich norms).
+HF_BLOCK_NAMES = BlockNames(
+    mixer="self_attn",
+    mixer_norm="input_layernorm",
+    mlp="mlp",
+    mlp_norm="post_attention_layernorm",
+    post_mixer_norm="input_layernorm_2",
+    post_mlp_norm="post_attention_layernorm_2",
+)
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Static model hyper-parameters (hashable, so a model can be a jit static argument).
+class Config:
+    """Base of every model config: field validation written once (module docstring)."""
 
-    Attributes:
-      width: residual stream width D.
-      heads: heads per mixer; head_dim = width // heads is the attention head size, the
-        GDN key and value size and the Jet key size.
-      layers: layer kinds in order, e.g. ("attn", "gdn", "attn", "gdn"); "jet" is a Jet block
-        (sleep_lm/model/jet.py: GDN with a dynamic convolution on v, no q/k convolution).
-      mlp_ratio: MLP hidden width = mlp_ratio * width.
-      rule: "delta" (Gated DeltaNet, ops.gated_delta_rule) or "linear" (the paper's eq. 3,
-        ops.gated_linear_rule) for the GDN layers; Jet layers always use the delta rule.
-      conv_size: kernel size of the short causal convolution (>= 1): GDN's static depthwise
-        one on q, k, v and Jet's dynamic one on v.
-      positions: "learned" (absolute embeddings over global positions, added to the token
-        embeddings: the default), "none", or "rope" (rotary over global positions on the
-        attention and GDN queries and keys).
-      gdn_impl: ops implementation ("chunked" | "recurrent"; "associative" for linear only).
-      chunk_size: chunk length for gdn_impl="chunked".
-      gdn_precision: matmul precision inside the GDN op (ops' ``precision=``): "highest"
-        (full float32 on every backend: the fast weights accumulate over every window and
-        sleep pass) or a faster name of ops.PRECISIONS such as "default" (TF32 on recent
-        NVIDIA GPUs, one bfloat16 pass on TPU) or "BF16_BF16_F32"; no difference on CPU.
-      dtype: compute dtype name; parameters and fast weights are always float32.
-      jet_expand_v: Jet value head size = head_dim * jet_expand_v (an integer within 1e-5
-        relative; Jet-Nemotron's ``expand_v``, 8/3 in Jet-Nemotron-2B).
-      jet_generator_reduction: Jet kernel generator hidden size = heads * value head size //
-        this (Jet-Nemotron's ``dconv_generator_reduction``, 8).
-    """
-
-    width: int = 64
-    heads: int = 2
-    layers: tuple[str, ...] = ("attn", "gdn", "attn", "gdn")
-    mlp_ratio: int = 4
-    rule: str = "delta"
-    conv_size: int = 4
-    positions: str = "learned"
-    gdn_impl: str = "chunked"
-    chunk_size: int = 64
-    gdn_precision: str = "highest"
-    dtype: str = "float32"
-    jet_expand_v: float = 2.0
-    jet_generator_reduction: int = 8
+    prefix: ClassVar[str] = "model"  # error messages name "<prefix>.<field>"
 
     def __post_init__(self):
-        def bad(field, allowed, got):
-            return ValueError(f"model.{field}: allowed {allowed}, got {got!r}")
+        for field in dataclasses.fields(self):
+            allowed = field.metadata.get("allowed")
+            value = getattr(self, field.name)
+            if allowed is not None and not _valid(value, allowed):
+                raise self.bad(field.name, allowed, value)
+        self.check()
 
-        for field in (
-            "width",
-            "heads",
-            "mlp_ratio",
-            "conv_size",
-            "chunk_size",
-            "jet_generator_reduction",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(field, "a positive int", value)
-        if self.width % self.heads:
-            raise bad("heads", f"a divisor of model.width={self.width}", self.heads)
-        if not self.layers:
-            raise bad("layers", f"a comma-separated list of {'/'.join(LAYER_KINDS)}", "")
-        for kind in self.layers:
-            if kind not in LAYER_KINDS:
-                raise bad("layers", f"layer types {LAYER_KINDS}", kind)
-        for field, allowed in (
-            ("rule", RULES),
-            ("positions", POSITIONS),
-            ("gdn_impl", GDN_IMPLS),
-            ("gdn_precision", PRECISIONS),
-            ("dtype", DTYPES),
-        ):
-            if getattr(self, field) not in allowed:
-                raise bad(field, allowed, getattr(self, field))
-        if self.rule == "delta" and self.gdn_impl == "associative":
-            raise bad("gdn_impl", "chunked or recurrent with rule=delta", self.gdn_impl)
-        if "jet" in self.layers:
-            if self.gdn_impl == "associative":
-                raise bad("gdn_impl", "chunked or recurrent with jet layers", self.gdn_impl)
-            expand = self.jet_expand_v
-            number = isinstance(expand, (int, float)) and not isinstance(expand, bool)
-            value = self.head_dim * expand if number and math.isfinite(expand) else 0
-            if not (value >= 1 and math.isclose(value, round(value), rel_tol=1e-5)):
-                allowed = f"a number with head_dim={self.head_dim} * it a positive integer"
-                raise bad("jet_expand_v", allowed, expand)
-            channels = self.heads * self.jet_value_head_dim
-            if self.jet_generator_reduction > channels:
-                allowed = f"at most heads * Jet value head size = {channels}"
-                raise bad("jet_generator_reduction", allowed, self.jet_generator_reduction)
+    def bad(self, field: str, allowed, got) -> ValueError:
+        return ValueError(f"{self.prefix}.{field}: allowed {allowed}, got {got!r}")
 
-    @property
-    def head_dim(self) -> int:
-        return self.width // self.heads
-
-    @property
-    def jet_value_head_dim(self) -> int:
-        """Value size per head of the Jet layers (their key size is head_dim)."""
-        return round(self.head_dim * self.jet_expand_v)
+    def check(self) -> None:
+        """Cross-field checks of a config (after every field's own)."""
 
     @property
     def compute_dtype(self):
@@ -125,17 +120,117 @@ class ModelConfig:
 
     @property
     def dense(self):
-        """``nn.Dense`` as every projection of the model uses it: no bias, computing in the
-        compute dtype, float32 parameters. Call as ``cfg.dense(features, name=...)``."""
+        """``nn.Dense`` as every projection uses it: no bias (unless ``use_bias=True``),
+        computing in the compute dtype, float32 parameters: ``cfg.dense(features, name=...)``."""
         return functools.partial(
             nn.Dense, use_bias=False, dtype=self.compute_dtype, param_dtype=jnp.float32
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Config):
+    """The from-scratch hybrid's hyper-parameters (``config.model``).
+
+    Attributes:
+      width: residual stream width D.
+      heads: heads per mixer; head_dim = width // heads is the attention head size, the
+        GDN key and value size and the Jet key size.
+      layers: layer kinds in order, e.g. ("attn", "gdn", "attn", "gdn"); "jet" is a Jet
+        block (model/jet.py).
+      mlp_ratio: MLP hidden width = mlp_ratio * width (GELU MLP).
+      rule: "delta" (ops.gated_delta_rule) or "linear" (the paper's eq. 3) for GDN layers.
+      conv_size: taps of GDN's short convolution on q, k, v and of Jet's dynamic one on v.
+      positions: "learned" (absolute table added to the embeddings), "none", or "rope"
+        (rotary over global positions on attention and GDN q, k; model/positions.py).
+      gdn_impl: ops implementation ("chunked" | "recurrent"; "associative": linear only).
+      chunk_size: chunk length for gdn_impl="chunked".
+      gdn_precision: matmul precision inside the GDN op (a name of ops.PRECISIONS).
+      dtype: compute dtype name; parameters and fast weights are always float32.
+      jet_expand_v: Jet value head size = head_dim * jet_expand_v (an integer).
+      jet_generator_reduction: Jet kernel generator hidden = heads * value size // this.
+    """
+
+    width: int = positive(64)
+    heads: int = positive(2)
+    layers: tuple[str, ...] = ("attn", "gdn", "attn", "gdn")
+    mlp_ratio: int = positive(4)
+    rule: str = one_of("delta", RULES)
+    conv_size: int = positive(4)
+    positions: str = one_of("learned", POSITIONS)
+    gdn_impl: str = one_of("chunked", GDN_IMPLS)
+    chunk_size: int = positive(64)
+    gdn_precision: str = one_of("highest", PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
+    jet_expand_v: float = 2.0
+    jet_generator_reduction: int = positive(8)
+
+    qkv_bias: ClassVar[bool] = False
+    norm_eps: ClassVar[float] = 1e-6
+    mlp_gated: ClassVar[bool] = False  # GELU MLP: up_proj, down_proj
+    block_names: ClassVar[BlockNames] = BlockNames("mixer", "mixer_norm", "mlp", "mlp_norm")
+
+    def check(self):
+        if self.width % self.heads:
+            raise self.bad("heads", f"a divisor of model.width={self.width}", self.heads)
+        if not self.layers:
+            raise self.bad("layers", f"a comma-separated list of {'/'.join(LAYER_KINDS)}", "")
+        for kind in self.layers:
+            if kind not in LAYER_KINDS:
+                raise self.bad("layers", f"layer types {LAYER_KINDS}", kind)
+        if self.rule == "delta" and self.gdn_impl == "associative":
+            raise self.bad("gdn_impl", "chunked or recurrent with rule=delta", self.gdn_impl)
+        if "jet" in self.layers:
+            if self.gdn_impl == "associative":
+                raise self.bad("gdn_impl", "chunked or recurrent with jet layers", self.gdn_impl)
+            expand = self.jet_expand_v
+            real = isinstance(expand, int | float) and not isinstance(expand, bool)
+            value = self.head_dim * expand if real and math.isfinite(expand) else 0
+            if not (value >= 1 and math.isclose(value, round(value), rel_tol=1e-5)):
+                allowed = f"a number with head_dim={self.head_dim} * it a positive integer"
+                raise self.bad("jet_expand_v", allowed, expand)
+            channels = self.heads * self.jet_value_head_dim
+            if self.jet_generator_reduction > channels:
+                allowed = f"at most heads * Jet value head size = {channels}"
+                raise self.bad("jet_generator_reduction", allowed, self.jet_generator_reduction)
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.heads
+
+    @property
+    def rope_theta(self) -> float | None:
+        """Rotary base of the attention layers; None without rotary positions."""
+        return ROPE_BASE if self.positions == "rope" else None
+
+    @property
+    def mlp_hidden(self) -> int:
+        return self.mlp_ratio * self.width
+
+    @property
+    def jet_value_head_dim(self) -> int:
+        """Value size per head of the Jet layers (their key size is head_dim)."""
+        return round(self.head_dim * self.jet_expand_v)
+
+    # The Jet mixer's shape in jet_config_of's terms: key head size head_dim, the model's
+    # heads and conv width, JetConfig's default output norm epsilon.
+    jet_heads = property(lambda self: self.heads)
+    jet_key_head_dim = property(lambda self: self.head_dim)
+    jet_conv_size = property(lambda self: self.conv_size)
+    jet_norm_eps: ClassVar[float] = 1e-5
+
+    def jet_config(self):
+        """The JetConfig of the "jet" layers (model/jet.py)."""
+        return jet_config_of(self)
 
     @classmethod
     def from_config(cls, model_cfg) -> ModelConfig:
         """Builds from ``config.model``; missing fields take the defaults above."""
         get = model_cfg.get
-        layers = get("layers", ",".join(cls.layers))
+        layers = get("layers", ",".join(cls.__dataclass_fields__["layers"].default))
         if isinstance(layers, str):
             layers = tuple(s.strip() for s in layers.split(",") if s.strip())
         kwargs = {}
@@ -143,3 +238,66 @@ class ModelConfig:
             if field.name != "layers" and get(field.name, None) is not None:
                 kwargs[field.name] = get(field.name)
         return cls(layers=tuple(layers), **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig(Config):
+    """Fields every pretrained decoder family shares (Qwen2Config, OuroConfig), with
+    Hugging Face names' meaning: vocab_size, width (hidden_size), heads, kv_heads (heads a
+    multiple), head_dim (even: RoPE rotates pairs), rope_theta, norm_eps (rms_norm_eps);
+    the Jet layers' shape ``jet_*`` (model/jet.py's JetConfig) and ops settings
+    (gdn_impl, chunk_size, gdn_precision); dtype (compute; parameters are float32);
+    hf_extra (config.json keys the family does not model, as JSON text, written back on
+    export). A family redeclares a field to change its default."""
+
+    vocab_size: int = positive(96)
+    width: int = positive(32)
+    heads: int = positive(4)
+    kv_heads: int = positive(2)
+    head_dim: int = positive(8)
+    rope_theta: float = number(1_000_000.0)
+    norm_eps: float = number(1e-6)
+    jet_heads: int = positive(2)
+    jet_key_head_dim: int = positive(8)
+    jet_value_head_dim: int = positive(16)
+    jet_conv_size: int = positive(4)
+    jet_generator_reduction: int = positive(8)
+    jet_norm_eps: float = number(1e-5)
+    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
+    chunk_size: int = positive(64)
+    gdn_precision: str = one_of("highest", PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
+    hf_extra: str = json_object()
+
+    mlp_gated: ClassVar[bool] = True  # SwiGLU: gate_proj, up_proj, down_proj
+    block_names: ClassVar[BlockNames] = HF_BLOCK_NAMES
+
+    def check(self):
+        if self.heads % self.kv_heads:
+            raise self.bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
+        if self.head_dim % 2:
+            raise self.bad("head_dim", "an even int (RoPE rotates pairs)", self.head_dim)
+
+    def jet_config(self):
+        """The JetConfig of this model's Jet layers (model/jet.py)."""
+        return jet_config_of(self)
+
+
+def jet_config_of(cfg):
+    """The JetConfig (model/jet.py) of a family config's flat ``jet_*`` fields (Qwen2Config's
+    jet layers, OuroConfig's inserted ones) and its ops settings."""
+    from sleep_lm.model.jet import JetConfig
+
+    return JetConfig(
+        width=cfg.width,
+        heads=cfg.jet_heads,
+        key_head_dim=cfg.jet_key_head_dim,
+        value_head_dim=cfg.jet_value_head_dim,
+        conv_size=cfg.jet_conv_size,
+        generator_reduction=cfg.jet_generator_reduction,
+        norm_eps=cfg.jet_norm_eps,
+        gdn_impl=cfg.gdn_impl,
+        chunk_size=cfg.chunk_size,
+        precision=cfg.gdn_precision,
+        dtype=cfg.dtype,
+    )

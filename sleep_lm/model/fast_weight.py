@@ -101,6 +101,19 @@ def mask_gates(valid, g: jax.Array, beta: jax.Array) -> tuple[jax.Array, jax.Arr
     return jnp.where(keep, g, 0.0), jnp.where(keep, beta, 0.0)
 
 
+def gates(module: nn.Module, dense, x: jax.Array, heads: int, valid=None):
+    """The fast-weight gates of a GDN or Jet mixer, in float32 (g accumulates over the whole
+    sequence inside the op): beta = sigmoid(x W_b) and g = -exp(A_log) * softplus(x W_a +
+    dt_bias), both [batch, time, heads], zero at padded tokens. Creates ``b_proj``,
+    ``A_log``, ``dt_bias`` and ``a_proj`` in ``module`` (a compact module's scope)."""
+    beta = jax.nn.sigmoid(dense(heads, name="b_proj")(x).astype(jnp.float32))
+    a_log = module.param("A_log", _a_log_init, (heads,))
+    dt_bias = module.param("dt_bias", _dt_bias_init, (heads,))
+    a = dense(heads, name="a_proj")(x).astype(jnp.float32)
+    g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
+    return mask_gates(valid, g, beta)
+
+
 class GatedDeltaNet(nn.Module):
     """The GDN mixer; ``__call__(x, state, positions, valid=None) -> (y, new_state)``."""
 
@@ -132,13 +145,7 @@ class GatedDeltaNet(nn.Module):
         if cfg.positions == "rope":
             q, k = rotary(q, positions), rotary(k, positions)
 
-        # Gates in float32: g accumulates over the whole sequence inside the op.
-        beta = jax.nn.sigmoid(dense(heads, name="b_proj")(x).astype(jnp.float32))
-        a_log = self.param("A_log", _a_log_init, (heads,))
-        dt_bias = self.param("dt_bias", _dt_bias_init, (heads,))
-        a = dense(heads, name="a_proj")(x).astype(jnp.float32)
-        g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
-        g, beta = mask_gates(valid, g, beta)
+        g, beta = gates(self, dense, x, heads, valid)
 
         rule = ops.gated_delta_rule if cfg.rule == "delta" else ops.gated_linear_rule
         o, fast_weights = rule(

@@ -1,22 +1,17 @@
 """The hybrid language model: Embed -> B_0 -> ... -> B_{D-1} -> OutProj (paper eq. 5).
 
-The three stages are separate Linen methods so that sleep.py can embed a window once,
-loop a contiguous slice of blocks N times (eq. 6), and read out only wake windows:
+The stages are separate Linen methods so that sleep.py can embed a window once, loop a
+contiguous slice of blocks N times (eq. 6), and read out only wake windows:
 
     h = model.apply({"params": p}, tokens, positions, method=model.embed)
     h, state = model.apply({"params": p}, h, state, positions, start, stop, method=model.blocks)
     logits = model.apply({"params": p}, h, method=model.head)
 
-``blocks`` also takes ``valid=`` ([batch, time] bool, False at padded tokens; default None =
-all real): padded tokens are inert in every layer (sleep.py, "Variable-length examples").
-Everything is pure: state goes in and comes out; there are no mutable collections.
 Parameter names (for optimiser routing): ``token_embed``, ``position_embed`` (learned
 positions only), ``block_{i}/{mixer_norm,mixer,mlp_norm,mlp}``, ``final_norm``,
 ``lm_head``. Attention mixers have ``{q,k,v,o}_proj``; GDN mixers ``{q,k,v}_proj``,
-``conv_weight`` [conv_size, channels], ``a_proj`` and ``b_proj`` (gate projections,
-[width, heads]), ``A_log``, ``dt_bias``, ``head_norm``, ``o_gate_proj``, ``o_proj``; Jet
-mixers the Jet-Nemotron names (sleep_lm/model/jet.py): ``{q,k,v,a,b,g,o}_proj``, ``A_log``,
-``dt_bias``, ``dynamic_conv1d/kernel_generator/{w1,w2}``, ``o_norm``; MLPs
+``conv_weight``, ``a_proj``, ``b_proj``, ``A_log``, ``dt_bias``, ``head_norm``,
+``o_gate_proj``, ``o_proj``; Jet mixers the Jet-Nemotron names (model/jet.py); MLPs
 ``up_proj``, ``down_proj``. Parameters are float32; compute uses ``config.dtype``.
 """
 
@@ -27,15 +22,14 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model import state as state_lib
-from sleep_lm.model.blocks import Block
+from sleep_lm.model.block import Block
 from sleep_lm.model.config import ModelConfig
+from sleep_lm.model.stages import EMBED_INIT, StagedLM, run_blocks, token_embedding
 from sleep_lm.model.state import ModelState
 
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
-
-class HybridLM(nn.Module):
-    """Attention / Gated DeltaNet hybrid with explicit per-layer state.
+class HybridLM(StagedLM):
+    """Attention / Gated DeltaNet / Jet hybrid with explicit per-layer state.
 
     Attributes:
       config: ModelConfig.
@@ -52,26 +46,20 @@ class HybridLM(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.token_embed = nn.Embed(
-            self.vocab_size,
-            cfg.width,
-            embedding_init=_EMBED_INIT,
-            dtype=cfg.compute_dtype,
-            param_dtype=jnp.float32,
-        )
+        self.token_embed = token_embedding(cfg, self.vocab_size)
         if cfg.positions == "learned":
             self.position_embed = self.param(
-                "position_embed", _EMBED_INIT, (self.max_len, cfg.width)
+                "position_embed", EMBED_INIT, (self.max_len, cfg.width)
             )
         self.block = [Block(cfg, kind, self.window) for kind in cfg.layers]
-        self.final_norm = nn.RMSNorm(epsilon=1e-6, dtype=cfg.compute_dtype)
+        self.final_norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
         self.lm_head = nn.Dense(
             self.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
         )
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
-        """tokens [batch, time] int, positions [time] global (or [batch, time] per example,
-        as sleep.py passes for padded batches) -> h [batch, time, width]."""
+        """tokens [batch, time] int, positions [time] (or [batch, time] for padded batches)
+        -> h [batch, time, width]."""
         h = self.token_embed(tokens)
         if self.config.positions == "learned":
             # Clamp (rather than NaN-fill) positions past the table, e.g. long generation.
@@ -88,34 +76,13 @@ class HybridLM(nn.Module):
         stop: int,
         valid: jax.Array | None = None,
     ) -> tuple[jax.Array, ModelState]:
-        """Runs blocks start..stop-1 (Python ints) once; other layers' states pass through.
-
-        valid: [batch, time] bool, False at padded tokens (None: all real). Padding is inert:
-        no layer's state changes at a padded token and no real token reads one."""
-        layers = list(state.layers)
-        for i in range(start, stop):
-            h, layers[i] = self.block[i](h, layers[i], positions, valid)
-        return h, ModelState(layers=tuple(layers))
+        """h [batch, time, width] through blocks start..stop-1 once; positions [time];
+        valid [batch, time] bool (False at padded tokens, which are inert; None: all real)."""
+        return run_blocks(self.block, h, state, positions, start, stop, valid)
 
     def head(self, h: jax.Array) -> jax.Array:
         """h [batch, time, width] -> logits [batch, time, vocab] float32."""
         return self.lm_head(self.final_norm(h)).astype(jnp.float32)
-
-    def __call__(
-        self, tokens: jax.Array, positions: jax.Array, state: ModelState
-    ) -> tuple[jax.Array, ModelState]:
-        """One ordinary forward pass over all blocks: (logits, new state)."""
-        h = self.embed(tokens, positions)
-        h, state = self.blocks(h, state, positions, 0, len(self.config.layers))
-        return self.head(h), state
-
-    @nn.nowrap
-    def init_params(self, rng: jax.Array) -> dict:
-        """Initial parameter pytree (float32)."""
-        tokens = jnp.zeros((1, 1), jnp.int32)
-        positions = jnp.zeros((1,), jnp.int32)
-        state = self.init_state(1)
-        return jax.jit(lambda r: self.init(r, tokens, positions, state)["params"])(rng)
 
     @nn.nowrap
     def init_state(self, batch: int, cache_len: int | None = None) -> ModelState:

@@ -1,46 +1,29 @@
 """Jet block (Jet-Nemotron's JetBlock): a Gated DeltaNet mixer with a dynamic convolution.
 
 Written from the published description of NVlabs/Jet-Nemotron (``jetai/modeling/hf/
-jet_block.py``, ``dynamic_conv.py``; Apache-2.0 code, read to get the math and names right,
-none copied). Per token (shapes [batch, time, heads, key]; key = key_head_dim, value =
-value_head_dim, which may differ: Jet-Nemotron-2B has 96 and 256):
+jet_block.py``, ``dynamic_conv.py``; Apache-2.0 code, read for the math and names, none
+copied). Per token, shapes [batch, time, heads, key] (key = key_head_dim, value =
+value_head_dim, which may differ)::
 
   q, k    = SiLU(x W_q), SiLU(x W_k)                      no convolution on q, k
-  K_t     = generator(x_t) = SiLU(x_t W_1) W_2 + b_2      [channels, conv_size] per token
+  K_t     = SiLU(x_t W_1) W_2 + b_2                       [channels, conv_size] per token
   v       = SiLU(dynamic_causal_conv(x W_v, K))           channels = heads * value
-  beta    = sigmoid(x W_b)                                write strength, float32
-  g       = -exp(A_log) * softplus(x W_a + dt_bias)       log forget gate, float32
-  o, S    = ops.gated_delta_rule(l2(q), l2(k), v, g, beta, initial_state=S,
-                                 scale=key ** -0.5)
-  y       = (RMSNorm_head(o) * w_norm * SiLU(x W_g)) W_o  per-head RMSNorm (eps 1e-5), gated
+  beta    = sigmoid(x W_b);  g = -exp(A_log) * softplus(x W_a + dt_bias)     float32
+  o, S    = ops.gated_delta_rule(l2(q), l2(k), v, g, beta, initial_state=S, scale=key**-0.5)
+  y       = (RMSNorm_head(o) * SiLU(x W_g)) W_o
 
-The input x is the (already normed) layer input; the kernel generator reads x, not the
-values it convolves. Its hidden size is value_dim // generator_reduction (Jet-Nemotron-2B:
-3072 // 8 = 384). The generator output is laid out (channel, width): entry c * conv_size + w
-is channel c's tap w, and tap conv_size - 1 multiplies the current token.
+x is the (already normed) layer input; the kernel generator reads x, not the values it
+convolves; tap conv_size - 1 multiplies the current token. No positional encoding (as the
+reference): ``positions`` is accepted for the mixer interface and unused.
 
-Unlike GDN (sleep_lm/model/fast_weight.py) the block has no positional encoding of its own,
-as in the reference: ``positions`` is accepted for the mixer interface and unused.
+State: ``FastWeightState`` with S [batch, heads, key, value] float32 and ``conv_tail``
+[batch, conv_size - 1, heads * value], the RAW v projections of the last tokens, so a
+sequence split anywhere (or decoded token by token) equals the whole. Padding (``valid``
+[batch, time], False = padded) is inert as in GDN: zero v input, g = beta = 0.
 
-State: a ``FastWeightState`` whose ``fast_weights`` are S [batch, heads, key, value] float32
-and whose ``conv_tail`` [batch, conv_size - 1, heads * value] holds the RAW v projections of
-the last conv_size - 1 tokens (before the convolution). The kernels are generated from each
-token's own input, so nothing else is needed to continue the sequence: decoding token by
-token equals one prefill, and a sequence split anywhere equals the whole. Hard eviction
-(``state.clear_local``) zeroes the tail, as for GDN.
-
-Padding (``valid`` [batch, time] bool, False = a padded token) is inert as in GDN
-(``fast_weight.mask_inputs`` / ``mask_gates``): the raw v projection of a padded token is
-zeroed before the convolution (so with left padding no padded token reaches a real token's
-taps or the tail) and its g and beta are 0 (S passes through unchanged).
-
-Parameter paths mirror the Hugging Face tensor names inside ``self_attn`` (flax path joined
-by "." = HF name; Dense ``kernel`` = HF ``weight`` transposed, RMSNorm ``scale`` = HF
-``weight``): ``q_proj``, ``k_proj``, ``v_proj``, ``a_proj``, ``b_proj``, ``g_proj``,
-``o_proj`` (kernels, no biases), ``A_log`` [heads], ``dt_bias`` [heads],
-``dynamic_conv1d/kernel_generator/w1`` (kernel [width, hidden], no bias),
-``dynamic_conv1d/kernel_generator/w2`` (kernel [hidden, channels * conv_size] and bias
-[channels * conv_size]), ``o_norm`` (scale [value]).
+Parameters mirror the Hugging Face names inside ``self_attn`` (Dense ``kernel`` = HF
+``weight`` transposed): ``{q,k,v,a,b,g,o}_proj``, ``A_log`` [heads], ``dt_bias`` [heads],
+``dynamic_conv1d/kernel_generator/{w1, w2}`` (w2 with bias), ``o_norm`` (scale [value]).
 """
 
 from __future__ import annotations
@@ -48,37 +31,29 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sleep_lm import ops
-from sleep_lm.model.fast_weight import (
-    _a_log_init,
-    _dt_bias_init,
-    l2_normalize,
-    mask_gates,
-    mask_inputs,
-)
+from sleep_lm.model.config import DELTA_IMPLS, DTYPES, Config, number, one_of, positive
+from sleep_lm.model.fast_weight import gates, l2_normalize, mask_inputs
 from sleep_lm.model.state import FastWeightState, constrain
-
-GDN_IMPLS = ("chunked", "recurrent")
-DTYPES = ("float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
-class JetConfig:
+class JetConfig(Config):
     """Static hyper-parameters of one Jet block (hashable).
 
     Attributes:
       width: input / output width (the residual stream).
       heads: heads of the fast-weight memory.
-      key_head_dim: q / k size per head (Jet-Nemotron-2B: 96).
-      value_head_dim: v size per head (Jet-Nemotron-2B: 256 = 96 * expand_v 8/3).
-      conv_size: width W of the dynamic causal convolution on v (>= 1).
-      generator_reduction: the kernel generator's hidden size is value_dim // this
-        (Jet-Nemotron's ``dconv_generator_reduction``, 8).
+      key_head_dim: q / k size per head.
+      value_head_dim: v size per head.
+      conv_size: width W of the dynamic causal convolution on v.
+      generator_reduction: the kernel generator's hidden size is value_dim // this.
       norm_eps: epsilon of the per-head output RMSNorm.
       gdn_impl: ops implementation of the gated delta rule ("chunked" | "recurrent").
       chunk_size: chunk length for gdn_impl="chunked".
@@ -86,46 +61,24 @@ class JetConfig:
       dtype: compute dtype name; parameters and fast weights are always float32.
     """
 
-    width: int
-    heads: int
-    key_head_dim: int
-    value_head_dim: int
-    conv_size: int = 4
-    generator_reduction: int = 8
-    norm_eps: float = 1e-5
-    gdn_impl: str = "chunked"
-    chunk_size: int = 64
-    precision: str = "highest"
-    dtype: str = "float32"
+    prefix: ClassVar[str] = "jet"
 
-    def __post_init__(self):
-        def bad(field, allowed, got):
-            return ValueError(f"jet.{field}: allowed {allowed}, got {got!r}")
+    width: int = positive()
+    heads: int = positive()
+    key_head_dim: int = positive()
+    value_head_dim: int = positive()
+    conv_size: int = positive(4)
+    generator_reduction: int = positive(8)
+    norm_eps: float = number(1e-5)
+    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
+    chunk_size: int = positive(64)
+    precision: str = one_of("highest", ops.PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
 
-        for field in (
-            "width",
-            "heads",
-            "key_head_dim",
-            "value_head_dim",
-            "conv_size",
-            "generator_reduction",
-            "chunk_size",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(field, "a positive int", value)
+    def check(self):
         if self.generator_reduction > self.value_dim:
             allowed = f"at most value_dim={self.value_dim}"
-            raise bad("generator_reduction", allowed, self.generator_reduction)
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
-            raise bad("norm_eps", "a positive number", self.norm_eps)
-        for field, allowed in (
-            ("gdn_impl", GDN_IMPLS),
-            ("precision", ops.PRECISIONS),
-            ("dtype", DTYPES),
-        ):
-            if getattr(self, field) not in allowed:
-                raise bad(field, allowed, getattr(self, field))
+            raise self.bad("generator_reduction", allowed, self.generator_reduction)
 
     @property
     def key_dim(self) -> int:
@@ -139,10 +92,6 @@ class JetConfig:
     @property
     def generator_hidden(self) -> int:
         return self.value_dim // self.generator_reduction
-
-    @property
-    def compute_dtype(self):
-        return jnp.dtype(self.dtype)
 
 
 def jet_state(cfg: JetConfig, batch: int, dtype=None) -> FastWeightState:
@@ -277,9 +226,7 @@ class JetBlock(nn.Module):
         cfg = self.config
         batch, time, _ = x.shape
         heads, dk, dv = cfg.heads, cfg.key_head_dim, cfg.value_head_dim
-        dense = functools.partial(
-            nn.Dense, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        dense = cfg.dense
         q = nn.silu(dense(cfg.key_dim, name="q_proj")(x)).reshape(batch, time, heads, dk)
         k = nn.silu(dense(cfg.key_dim, name="k_proj")(x)).reshape(batch, time, heads, dk)
         v, conv_tail = DynamicCausalConv(cfg, name="dynamic_conv1d")(
@@ -287,13 +234,7 @@ class JetBlock(nn.Module):
         )
         v = v.reshape(batch, time, heads, dv)
 
-        # Gates in float32: g accumulates over the whole sequence inside the op.
-        beta = jax.nn.sigmoid(dense(heads, name="b_proj")(x).astype(jnp.float32))
-        a_log = self.param("A_log", _a_log_init, (heads,))
-        dt_bias = self.param("dt_bias", _dt_bias_init, (heads,))
-        a = dense(heads, name="a_proj")(x).astype(jnp.float32)
-        g = -jnp.exp(a_log) * jax.nn.softplus(a + dt_bias)
-        g, beta = mask_gates(valid, g, beta)
+        g, beta = gates(self, dense, x, heads, valid)
 
         o, fast_weights = jet_core(
             q,

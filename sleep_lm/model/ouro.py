@@ -1,81 +1,50 @@
 """Ouro: a looped (Universal-Transformer style) attention LM, with optional inserted Jet layers.
 
-Architecture (ByteDance's Ouro-1.4B, read in the hub's ``modeling_ouro.py`` and vLLM's
-``vllm/model_executor/models/ouro.py``; our own code):
+ByteDance's Ouro-1.4B (read in the hub's ``modeling_ouro.py`` and vLLM's ``ouro.py``; our
+own code). A stack of ``num_layers`` sandwich-norm blocks (model/block.py, h [batch, time,
+width])::
 
-* a stack of ``num_layers`` decoder layers with *sandwich* RMSNorms::
+    h = h + input_layernorm_2(self_attn(input_layernorm(h)))
+    h = h + post_attention_layernorm_2(mlp(post_attention_layernorm(h)))
 
-      x = x + input_layernorm_2(attn(input_layernorm(x)))
-      x = x + post_attention_layernorm_2(mlp(post_attention_layernorm(x)))
+with attention without biases (RoPE, the checkpoint's theta) and a SwiGLU MLP, runs
+``total_ut_steps`` times ("loops"); ``model.norm`` closes every loop, so the readout is
+``lm_head`` of the last loop's output. ``exit_logits`` gives every loop's logits and the
+early-exit gate's exit distribution.
 
-  attention without biases (grouped-query when kv_heads < heads), RoPE in the Hugging Face
-  rotate-half convention with the checkpoint's theta, SwiGLU MLP;
-* the stack runs ``total_ut_steps`` times ("loops"); after every loop ``model.norm`` is
-  applied and its output is the next loop's input; every loop uses the same positions and
-  its own KV cache, so there is one cache per (loop, layer);
-* logits = lm_head(output of the last loop): the last loop's ``model.norm`` is the final
-  norm, so ``head`` is the untied ``lm_head`` alone;
-* ``model.early_exit_gate`` (Linear(width -> 1) with bias) is loaded and saved. The readout
-  is always the last loop (Ouro's ``early_exit_threshold`` = 1.0, what vLLM always runs);
-  ``exit_logits`` gives every loop's logits and the gate's exit distribution for the
-  alternatives (exit at a given loop, or the p-weighted "expected" logits of Ouro's
-  training loss). Exiting at loop k is also just this model with ``total_ut_steps = k + 1``
-  and the same parameters.
+Stage interface: ``blocks(start, stop)`` indexes *units* ``u = loop * stack_size + i``
+(stack layer i in loop ``loop``); ``config.layers`` has one kind per unit and
+``ModelState.layers`` one state per unit (a KVCache per (loop, attention layer), a
+FastWeightState per (loop, Jet layer)). ``OuroConfig.sleep_loops`` chooses how sleep
+passes compose with the loops ("all": a sleep pass is a whole Ouro forward; "last": only
+the last loop repeats; README.md, "Pretrained models").
 
-Stage interface (what sleep.py, inference.py and train/ use). ``blocks(start, stop)``
-indexes *units*: unit ``u = loop * stack_size + i`` is stack layer ``i`` in loop ``loop``,
-so ``config.layers`` (one kind per unit: "attn" or "jet") has ``total_ut_steps *
-stack_size`` entries, each with its own state in ``ModelState.layers`` (a KVCache per
-(loop, attention layer), a FastWeightState per (loop, Jet layer)). The per-loop
-``model.norm`` sits at the end of each loop's last unit.
+Inserted Jet layers (``jet_positions``: the original layer each is inserted before) are
+mixer-only blocks ``h + self_attn(input_layernorm(h))`` with a JetBlock (model/jet.py);
+inserting them into a checkpoint (identity init: zero ``o_proj``, logits unchanged at step
+0) is the loader's: sleep_lm/pretrained/ouro.py.
 
-How sleep passes compose with Ouro's own loops (the paper leaves it open).
-``sleep.loop_blocks`` is a slice over units. Its default "all" makes every sleep pass a
-whole Ouro forward (all ``total_ut_steps`` loops): N passes run the stack N x
-total_ut_steps times, and pass n + 1 starts from pass n's output, normed by ``model.norm``
-exactly as an Ouro loop starts from the previous loop's; the fast weights of each
-(loop, Jet layer) unit are carried from pass to pass, each unit's local context restarts
-from the window start. ``OuroConfig.sleep_loops`` names this choice: "all" (the default,
-just described) or "last" (the sleep passes loop only the last Ouro loop: loops
-0..total_ut_steps-2 run once, then the last loop N times); ``OuroLM.sleep_loop_blocks``
-is the ``sleep.loop_blocks`` value that selects it, and the trainer (train/loop.py) uses it
-when ``sleep.loop_blocks`` is "all" (its default). With N = 1 both equal the plain
-forward.
-
-Inserted Jet layers (the paper adds 6 to Ouro-1.4B): ``jet_positions`` lists, for each
-new layer, the original layer it is inserted *before* (``num_layers`` = after the last).
-A Jet layer has no MLP: ``x = x + jet(input_layernorm(x))`` with ``jet`` the JetBlock of
-sleep_lm/model/jet.py. ``jet_identity_init`` (default True) zeroes its ``o_proj`` at
-initialisation, so a loaded model's logits are unchanged at step 0. The default positions
-(``even_jet_positions``) spread the layers evenly, one in the middle of each group of
-num_layers / count layers: 2, 6, 10, 14, 18, 22 for 6 layers in Ouro-1.4B's 24.
-Parameter names: ``model/jet_layers_{j}/{input_layernorm,self_attn}`` (Hugging Face
-``model.jet_layers.{j}...``; ``self_attn`` holds the JetBlock's names).
-
-Parameter tree (mirrors the Hugging Face names, see sleep_lm/pretrained/hf.py):
-``model/{embed_tokens, layers_{i}/{input_layernorm, input_layernorm_2, self_attn/{q,k,v,o}_proj,
-post_attention_layernorm, post_attention_layernorm_2, mlp/{gate,up,down}_proj}, jet_layers_{j},
-norm, early_exit_gate}``, ``lm_head``. Parameters are float32; compute uses ``dtype``.
+Parameters mirror the Hugging Face names (pretrained/hf.py): ``model/{embed_tokens,
+layers_{i}/{input_layernorm, input_layernorm_2, self_attn, post_attention_layernorm,
+post_attention_layernorm_2, mlp}, jet_layers_{j}/{input_layernorm, self_attn}, norm,
+early_exit_gate}``, ``lm_head``. Parameters are float32; compute uses ``dtype``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleep_lm.model import state as state_lib
-from sleep_lm.model.qwen2 import Qwen2Attention, Qwen2MLP, dense, jet_config_of, rms_norm
-from sleep_lm.model.state import KVCache, ModelState
-from sleep_lm.ops import PRECISIONS
+from sleep_lm.model.block import Block
+from sleep_lm.model.config import DecoderConfig, one_of, positive
+from sleep_lm.model.stages import StagedLM, token_embedding
+from sleep_lm.model.state import ModelState
 
 SLEEP_LOOPS = ("all", "last")
-GDN_IMPLS = ("chunked", "recurrent")
-DTYPES = ("float32", "bfloat16")
-_EMBED_INIT = nn.initializers.normal(stddev=0.02)
 
 
 def even_jet_positions(num_layers: int, count: int) -> tuple[int, ...]:
@@ -85,111 +54,53 @@ def even_jet_positions(num_layers: int, count: int) -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class OuroConfig:
+class OuroConfig(DecoderConfig):
     """Static Ouro hyper-parameters (hashable: the model is a jit static argument).
 
-    Defaults are Ouro-1.4B's (its config.json). Attributes:
-      vocab_size, width (hidden_size), intermediate_size (SwiGLU), num_layers (stack depth,
-        num_hidden_layers), heads, kv_heads, head_dim, rope_theta, norm_eps (rms_norm_eps).
+    Defaults are Ouro-1.4B's (its config.json); the shared fields are DecoderConfig's
+    (model/config.py). Attributes:
+      intermediate_size (SwiGLU), num_layers (stack depth, num_hidden_layers).
       total_ut_steps: loops of the stack.
       early_exit_threshold: kept for the round trip; the readout is always the last loop.
       jet_positions: insertion point of each new Jet layer (before original layer p).
-      jet_heads, jet_key_head_dim, jet_value_head_dim, jet_conv_size,
-        jet_generator_reduction, jet_norm_eps: the inserted Jet layers' JetConfig
-        (sleep_lm/model/jet.py). Defaults for Ouro-1.4B's width 2048: Jet-Nemotron-2B's
-        head shape (96 / 256, 16 heads: value dim 4096 = 2 x width as there).
-      jet_identity_init: zero the Jet layers' o_proj at init (identity residual layers).
-      sleep_loops: "all" | "last": which loops a sleep pass runs (module docstring).
-      gdn_impl, chunk_size, gdn_precision: ops settings of the Jet layers' delta rule.
-      dtype: compute dtype name; parameters are float32.
-      hf_extra: JSON object text of config.json keys this config does not model (token
-        ids, max_position_embeddings, ...), written back on export; "" for none.
+      jet_*: the inserted Jet layers' shape; defaults for Ouro-1.4B's width 2048:
+        Jet-Nemotron-2B's head shape (96 / 256) with 16 heads.
+      jet_identity_init: the loader zeroes inserted Jet layers' o_proj (identity residual
+        layers; pretrained/ouro.py).
+      sleep_loops: "all" | "last": which loops a sleep pass runs (README, "Ouro").
 
-    The sleep window L (attention mask window, default KV cache length) is the module's
-    ``window`` field, not part of this config (``OuroLM(config, window=L)``).
+    The sleep window L is the module's ``window`` field (``OuroLM(config, window=L)``).
     """
 
-    vocab_size: int = 49152
-    width: int = 2048
-    intermediate_size: int = 5632
-    num_layers: int = 24
-    heads: int = 16
-    kv_heads: int = 16
-    head_dim: int = 128
-    rope_theta: float = 1_000_000.0
-    norm_eps: float = 1e-6
-    total_ut_steps: int = 4
+    vocab_size: int = positive(49152)
+    width: int = positive(2048)
+    heads: int = positive(16)
+    kv_heads: int = positive(16)
+    head_dim: int = positive(128)
+    jet_heads: int = positive(16)
+    jet_key_head_dim: int = positive(96)
+    jet_value_head_dim: int = positive(256)
+    intermediate_size: int = positive(5632)
+    num_layers: int = positive(24)
+    total_ut_steps: int = positive(4)
     early_exit_threshold: float = 1.0
     jet_positions: tuple[int, ...] = ()
-    jet_heads: int = 16
-    jet_key_head_dim: int = 96
-    jet_value_head_dim: int = 256
-    jet_conv_size: int = 4
-    jet_generator_reduction: int = 8
-    jet_norm_eps: float = 1e-5
     jet_identity_init: bool = True
-    sleep_loops: str = "all"
-    gdn_impl: str = "chunked"
-    chunk_size: int = 64
-    gdn_precision: str = "highest"
-    dtype: str = "float32"
-    hf_extra: str = ""
+    sleep_loops: str = one_of("all", SLEEP_LOOPS)
 
-    def __post_init__(self):
-        def bad(field, allowed, got):
-            return ValueError(f"model.{field}: allowed {allowed}, got {got!r}")
+    qkv_bias: ClassVar[bool] = False
 
-        for field in (
-            "vocab_size",
-            "width",
-            "intermediate_size",
-            "num_layers",
-            "heads",
-            "kv_heads",
-            "head_dim",
-            "total_ut_steps",
-            "jet_heads",
-            "jet_key_head_dim",
-            "jet_value_head_dim",
-            "jet_conv_size",
-            "jet_generator_reduction",
-            "chunk_size",
-        ):
-            value = getattr(self, field)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise bad(field, "a positive int", value)
-        if self.heads % self.kv_heads:
-            raise bad("kv_heads", f"a divisor of heads={self.heads}", self.kv_heads)
-        if self.head_dim % 2:
-            raise bad("head_dim", "an even int (rotary pairs)", self.head_dim)
+    def check(self):
+        super().check()
         positions = tuple(self.jet_positions)
         if any(
             not isinstance(p, int) or isinstance(p, bool) or not 0 <= p <= self.num_layers
             for p in positions
         ) or list(positions) != sorted(positions):
-            raise bad("jet_positions", f"sorted ints in 0..{self.num_layers}", positions)
-        for field, allowed in (
-            ("sleep_loops", SLEEP_LOOPS),
-            ("gdn_impl", GDN_IMPLS),
-            ("gdn_precision", PRECISIONS),
-            ("dtype", DTYPES),
-        ):
-            if getattr(self, field) not in allowed:
-                raise bad(field, allowed, getattr(self, field))
-        try:
-            extra = json.loads(self.hf_extra) if self.hf_extra else {}
-        except (TypeError, ValueError):
-            extra = None
-        if not isinstance(extra, dict):
-            raise bad("hf_extra", "a JSON object string", self.hf_extra)
+            raise self.bad("jet_positions", f"sorted ints in 0..{self.num_layers}", positions)
 
     @property
-    def compute_dtype(self):
-        return jnp.dtype(self.dtype)
-
-    @property
-    def intermediate(self) -> int:
-        """The SwiGLU width under the name the shared MLP (qwen2.Qwen2MLP) reads."""
+    def mlp_hidden(self) -> int:
         return self.intermediate_size
 
     @property
@@ -208,43 +119,10 @@ class OuroConfig:
         """One kind per unit (loop-major): what ``blocks(start, stop)`` indexes."""
         return tuple(kind for kind, _ in self.stack) * self.total_ut_steps
 
-    def jet_config(self):
-        """The inserted layers' JetConfig (sleep_lm/model/jet.py)."""
-        return jet_config_of(self)
 
-
-class OuroLayer(nn.Module):
-    """One sandwich-norm decoder layer: (h, KVCache, positions) -> (h, KVCache)."""
-
-    config: OuroConfig
-    window: int
-
-    @nn.compact
-    def __call__(self, h: jax.Array, cache: KVCache, positions: jax.Array, valid=None):
-        cfg = self.config
-        y, cache = Qwen2Attention(cfg, self.window, qkv_bias=False, name="self_attn")(
-            rms_norm(cfg, "input_layernorm")(h), cache, positions, valid
-        )
-        h = h + rms_norm(cfg, "input_layernorm_2")(y)
-        y = Qwen2MLP(cfg, name="mlp")(rms_norm(cfg, "post_attention_layernorm")(h))
-        h = h + rms_norm(cfg, "post_attention_layernorm_2")(y)
-        return nn.with_logical_constraint(h, ("batch", None, None)), cache
-
-
-class JetLayer(nn.Module):
-    """An inserted Jet layer without MLP: h + jet(input_layernorm(h)); FastWeightState."""
-
-    config: OuroConfig
-
-    @nn.compact
-    def __call__(self, h: jax.Array, layer_state, positions: jax.Array, valid=None):
-        from sleep_lm.model.jet import JetBlock  # jet.py is only needed with Jet layers
-
-        cfg = self.config
-        y, layer_state = JetBlock(cfg.jet_config(), name="self_attn")(
-            rms_norm(cfg, "input_layernorm")(h), layer_state, positions, valid
-        )
-        return nn.with_logical_constraint(h + y, ("batch", None, None)), layer_state
+def jet_layer(cfg: OuroConfig, window: int) -> Block:
+    """An inserted Jet layer: h + self_attn(input_layernorm(h)), no MLP; FastWeightState."""
+    return Block(cfg, "jet", window, use_mlp=False)
 
 
 class OuroModel(nn.Module):
@@ -255,18 +133,11 @@ class OuroModel(nn.Module):
 
     def setup(self):
         cfg = self.config
-        self.embed_tokens = nn.Embed(
-            cfg.vocab_size,
-            cfg.width,
-            embedding_init=_EMBED_INIT,
-            dtype=cfg.compute_dtype,
-            param_dtype=jnp.float32,
-        )
-        self.layers = [OuroLayer(cfg, self.window) for _ in range(cfg.num_layers)]
-        self.jet_layers = [JetLayer(cfg) for _ in cfg.jet_positions]
-        self.norm = nn.RMSNorm(
-            epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, param_dtype=jnp.float32
-        )
+        self.embed_tokens = token_embedding(cfg, cfg.vocab_size)
+        sandwich = dict(use_post_mixer_norm=True, use_post_mlp_norm=True)
+        self.layers = [Block(cfg, "attn", self.window, **sandwich) for _ in range(cfg.num_layers)]
+        self.jet_layers = [jet_layer(cfg, self.window) for _ in cfg.jet_positions]
+        self.norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
         self.early_exit_gate = nn.Dense(
             1, use_bias=True, dtype=cfg.compute_dtype, param_dtype=jnp.float32
         )
@@ -290,7 +161,7 @@ class OuroModel(nn.Module):
         return self.early_exit_gate(h)[..., 0].astype(jnp.float32)
 
 
-class OuroLM(nn.Module):
+class OuroLM(StagedLM):
     """Ouro causal LM with the HybridLM stage interface (module docstring).
 
     Attributes:
@@ -316,7 +187,7 @@ class OuroLM(nn.Module):
 
     def setup(self):
         self.model = OuroModel(self.config, self.window)
-        self.lm_head = dense(self.config, self.config.vocab_size, None)
+        self.lm_head = self.config.dense(self.config.vocab_size)
 
     def embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens [batch, time] int -> h [batch, time, width] (positions enter via RoPE)."""
@@ -376,14 +247,6 @@ class OuroLM(nn.Module):
         """h [batch, time, width] (already normed by the last loop) -> float32 logits."""
         return self.lm_head(h).astype(jnp.float32)
 
-    def __call__(
-        self, tokens: jax.Array, positions: jax.Array, state: ModelState
-    ) -> tuple[jax.Array, ModelState]:
-        """One ordinary forward pass (all loops; readout of the last): (logits, new state)."""
-        h = self.embed(tokens, positions)
-        h, state = self.blocks(h, state, positions, 0, len(self.config.layers))
-        return self.head(h), state
-
     def exit_logits(self, tokens: jax.Array, positions: jax.Array, state: ModelState):
         """Every loop's readout, for Ouro's early-exit alternatives.
 
@@ -413,115 +276,10 @@ class OuroLM(nn.Module):
 
     @nn.nowrap
     def init_params(self, rng: jax.Array) -> dict:
-        """Initial parameters (float32); Jet layers' o_proj zero if jet_identity_init."""
+        """Initial parameters (float32), the early-exit gate included."""
         tokens = jnp.zeros((1, 1), jnp.int32)
         positions = jnp.zeros((1,), jnp.int32)
         state = self.init_state(1, cache_len=0)
 
-        def init(r):
-            params = self.init(r, tokens, positions, state, method=self.exit_logits)["params"]
-            return identity_jet_params(self.config, params)
-
+        init = lambda r: self.init(r, tokens, positions, state, method=self.exit_logits)["params"]
         return jax.jit(init)(rng)
-
-    @nn.nowrap
-    def inserted_paths(self) -> tuple[tuple[str, ...], ...]:
-        """Flax paths of the inserted (Jet) layers: the subtrees a loader initialises with
-        ``init_inserted`` when a checkpoint of the original model lacks them."""
-        return tuple(("model", f"jet_layers_{j}") for j in range(len(self.config.jet_positions)))
-
-    @nn.nowrap
-    def init_inserted(self, rng: jax.Array) -> dict:
-        """Fresh parameters of the inserted layers only, {"model": {"jet_layers_j": ...}}
-        (o_proj zero if jet_identity_init), without initialising the whole model: what
-        ``insert_jet_layers`` and a loader use on a 1.4B checkpoint."""
-        cfg = self.config
-        if not cfg.jet_positions:
-            return {"model": {}}
-        h = jnp.zeros((1, 1, cfg.width), cfg.compute_dtype)
-        positions = jnp.zeros((1,), jnp.int32)
-        layer = JetLayer(cfg)
-        from sleep_lm.model.jet import jet_state
-
-        state = jet_state(cfg.jet_config(), 1, cfg.compute_dtype)
-
-        def init(r):
-            keys = jax.random.split(r, len(cfg.jet_positions))
-            layers = {
-                f"jet_layers_{j}": layer.init(k, h, state, positions)["params"]
-                for j, k in enumerate(keys)
-            }
-            return identity_jet_params(cfg, {"model": layers})
-
-        return jax.jit(init)(rng)
-
-    @nn.nowrap
-    def init_state(self, batch: int, cache_len: int | None = None) -> ModelState:
-        """Zero state for ``batch`` sequences: an empty KV cache of ``cache_len`` slots
-        (default window) per (loop, attention layer), zero Jet state per (loop, Jet layer)."""
-        cfg = self.config
-        cache_len = self.window if cache_len is None else cache_len
-        layers = []
-        for kind in cfg.layers:
-            if kind == "attn":
-                layers.append(
-                    state_lib.empty_cache(
-                        batch, cache_len, cfg.kv_heads, cfg.head_dim, cfg.compute_dtype
-                    )
-                )
-            else:
-                from sleep_lm.model.jet import jet_state
-
-                layers.append(jet_state(cfg.jet_config(), batch, cfg.compute_dtype))
-        return ModelState(layers=tuple(layers))
-
-
-def identity_jet_params(cfg: OuroConfig, params: dict) -> dict:
-    """``params`` with every inserted Jet layer's o_proj kernel zeroed when
-    ``cfg.jet_identity_init`` (the layer then adds nothing: an identity residual layer)."""
-    if not cfg.jet_identity_init or not cfg.jet_positions:
-        return params
-    model = dict(params["model"])
-    for j in range(len(cfg.jet_positions)):
-        layer = dict(model[f"jet_layers_{j}"])
-        attn = dict(layer["self_attn"])
-        attn["o_proj"] = jax.tree.map(jnp.zeros_like, attn["o_proj"])
-        layer["self_attn"] = attn
-        model[f"jet_layers_{j}"] = layer
-    return {**params, "model": model}
-
-
-def insert_jet_layers(
-    model: OuroLM,
-    params: dict,
-    rng: jax.Array,
-    *,
-    positions: tuple[int, ...] | None = None,
-    count: int = 6,
-    identity: bool = True,
-    **jet_fields,
-) -> tuple[OuroLM, dict]:
-    """Inserts freshly initialised Jet layers into a (loaded) Ouro model.
-
-    positions: insertion points (before original layer p), default ``even_jet_positions(
-    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0); jet_fields:
-    OuroConfig ``jet_*`` overrides of the new layers' shape. The model must have no Jet
-    layers yet. Returns (new model, params): the loaded tensors unchanged, the new layers'
-    from a fresh init.
-    """
-    cfg = model.config
-    if cfg.jet_positions:
-        raise ValueError(
-            f"model.jet_positions: the model already has Jet layers {cfg.jet_positions}"
-        )
-    for name in jet_fields:
-        if not name.startswith("jet_") or not hasattr(cfg, name):
-            raise ValueError(f"model.{name}: not a Jet-layer field of OuroConfig")
-    if positions is None:
-        positions = even_jet_positions(cfg.num_layers, count)
-    new_cfg = dataclasses.replace(
-        cfg, jet_positions=tuple(positions), jet_identity_init=bool(identity), **jet_fields
-    )
-    new_model = model.clone(config=new_cfg)
-    fresh = new_model.init_inserted(rng)
-    return new_model, {**params, "model": {**params["model"], **fresh["model"]}}

@@ -156,18 +156,27 @@ class _Reader:
 # ------------------------------------------------------------------------------ load
 
 
+def family_config(path, **options):
+    """(family, family config, hf config) of the checkpoint at `path`: its config.json read,
+    no module built, no weight read. `options` as `build` (`window` and `seed` are not
+    the config's and are ignored here)."""
+    hf_config = read_config(path)
+    family = registry.for_model_type(hf_config["model_type"])
+    options = {k: v for k, v in options.items() if k not in ("window", "seed")}
+    return family, family.config_from_hf(hf_config, **options), hf_config
+
+
 def build(path, **options):
     """(family, family config, model, hf config) for the checkpoint at `path`, no weights.
 
-    Options: `window` (sleep window L, default DEFAULT_WINDOW); every other option goes to
-    the family's `config_from_hf` (e.g. dtype, gdn_impl, chunk_size, gdn_precision).
+    Options: `window` (sleep window L, default DEFAULT_WINDOW), `seed` (of inserted layers:
+    used by `load_hf`, ignored here); every other option goes to the family's
+    `config_from_hf` (e.g. dtype, gdn_impl, chunk_size, gdn_precision).
     """
-    hf_config = read_config(path)
-    family = registry.for_model_type(hf_config["model_type"])
-    window = options.pop("window", DEFAULT_WINDOW)
+    window = options.get("window", DEFAULT_WINDOW)
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window: allowed a positive int, got {window!r}")
-    cfg = family.config_from_hf(hf_config, **options)
+    family, cfg, hf_config = family_config(path, **options)
     model = family.build(cfg).clone(window=window)
     return family, cfg, model, hf_config
 
@@ -211,7 +220,7 @@ def _read(reader: _Reader, name: str, transposed: bool, index=None) -> np.ndarra
     return block.T if transposed else block
 
 
-def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
+def load_hf(path, *, mesh=None, rules=None, shardings=None, seed: int = 0, **options):
     """Loads the Hugging Face checkpoint directory `path`: returns (model, params).
 
     Options: `window` (the sleep window L: KV cache length and full-attention mask window;
@@ -219,8 +228,9 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
     device's slice read from the file), `rules` (logical-axis rules, `parallel.parse_rules`
     form or a {name: "axes"} dict; default parallel.DEFAULT_RULES), `shardings` (instead of
     mesh / rules: a pytree of shardings shaped like the parameters, e.g. a train state's),
-    and the family's options (`dtype`, `gdn_impl`, `chunk_size`, `gdn_precision`, ...).
-    Parameters are float32.
+    `seed` (layers the family inserts and the checkpoint lacks, e.g. Ouro's Jet layers, are
+    initialised from `jax.random.key(seed)`; a run passes `config.seed`), and the family's
+    options (`dtype`, `gdn_impl`, `chunk_size`, `gdn_precision`, ...). Parameters are float32.
     """
     path = os.path.expanduser(os.fspath(path))
     family, cfg, model, _ = build(path, **options)
@@ -228,7 +238,7 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
     layout = hf_layout(abstract)
     files = weight_files(path)
     reader = _Reader(files)
-    layout, fresh = _inserted(model, layout, files)
+    layout, fresh = _inserted(family, model, layout, files, jax.random.key(seed))
     check_tensors(layout, reader, files, has_lm_head="lm_head" in abstract)
 
     if shardings is not None:
@@ -267,11 +277,14 @@ def load_hf(path, *, mesh=None, rules=None, shardings=None, **options):
     return model, _unflatten(flat)
 
 
-def _inserted(model, layout: Mapping, files: Mapping):
+def _inserted(family, model, layout: Mapping, files: Mapping, rng):
     """Layers a family inserts into a checkpoint that lacks them (Ouro's Jet layers:
-    ``model.inserted_paths()``): each such subtree that has NO tensor in the checkpoint is
-    taken from ``model.init_inserted(key(0))``. Returns (layout left to read, {path: array})."""
-    prefixes = tuple(getattr(model, "inserted_paths", tuple)())
+    ``family.inserted_paths(model)``): each such subtree that has NO tensor in the checkpoint
+    is taken from ``family.init_inserted(model, rng)``. Returns (layout left to read,
+    {path: array})."""
+    if family.inserted_paths is None:
+        return layout, {}
+    prefixes = tuple(family.inserted_paths(model))
     absent = [
         p
         for p in prefixes
@@ -279,7 +292,7 @@ def _inserted(model, layout: Mapping, files: Mapping):
     ]
     if not absent:
         return layout, {}
-    init = model.init_inserted(jax.random.key(0))
+    init = family.init_inserted(model, rng)
     fresh = {
         _path_keys(p): leaf
         for p, leaf in jax.tree_util.tree_flatten_with_path(init)[0]

@@ -11,12 +11,12 @@ rule), ``sleep_loops`` ("all" | "last", see sleep_lm/model/ouro.py), ``total_ut_
 (run fewer or more loops than the checkpoint's: exiting at loop k is total_ut_steps=k + 1)
 and ``jet_identity_init``.
 
-Inserting Jet layers: after loading, ``sleep_lm.model.ouro.insert_jet_layers(model, params,
-rng)``; or at load with the options ``jet_positions`` (a list of insertion points, or a
+Inserting Jet layers: after loading, ``insert_jet_layers(model, params, rng)`` (below); or
+at load with the options ``jet_positions`` (a list of insertion points, or a
 count for ``even_jet_positions``) and ``jet_*`` shape options: the model then has
-parameters the checkpoint lacks, ``model.inserted_paths()``, which a loader takes from
-``model.init_inserted(rng)`` (identity at init by default). Inserted Jet layers are
-exported as tensors
+parameters the checkpoint lacks, ``inserted_paths(model)``, which load_hf takes from
+``init_inserted(model, rng)`` with ``rng = key(seed)`` (identity at init by default).
+Inserted Jet layers are exported as tensors
 ``model.jet_layers.{j}.input_layernorm.weight`` and ``model.jet_layers.{j}.self_attn.*``
 (the JetBlock's Jet-Nemotron names) with two config.json fields: ``jet_positions`` (the
 original layer each is inserted before) and ``jet_config`` ({heads, key_head_dim,
@@ -30,10 +30,15 @@ RoPE scaling, tied embeddings, an activation other than SiLU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
-from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions
-from sleep_lm.pretrained import registry
+import jax
+import jax.numpy as jnp
+
+from sleep_lm.model.jet import jet_state
+from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions, jet_layer
+from sleep_lm.pretrained import reference, registry
 
 # config.json keys this family models (the rest is kept verbatim in OuroConfig.hf_extra).
 _MODELLED = (
@@ -49,6 +54,7 @@ _MODELLED = (
     "rms_norm_eps",
     "total_ut_steps",
     "early_exit_threshold",
+    "early_exit_step",
     "tie_word_embeddings",
     "hidden_act",
     "jet_positions",
@@ -76,22 +82,7 @@ OPTIONS = (
 )
 
 
-def _bad(field: str, allowed: str, got) -> ValueError:
-    return ValueError(f"config.json {field}: allowed {allowed}, got {got!r}")
-
-
-def _rope_theta(hf: dict) -> float:
-    theta = hf.get("rope_theta")
-    params = hf.get("rope_parameters")  # transformers >= 5 writes rope settings here
-    if theta is None and isinstance(params, dict):
-        theta = params.get("rope_theta")
-    if theta is None:
-        raise _bad("rope_theta", "a number", None)
-    for key in ("rope_scaling", "rope_parameters"):
-        scaling = hf.get(key)
-        if isinstance(scaling, dict) and scaling.get("rope_type", "default") != "default":
-            raise _bad(f"{key}.rope_type", '"default" (RoPE scaling is not supported)', scaling)
-    return float(theta)
+_bad = reference.bad
 
 
 def config_from_hf(hf: dict, **options) -> OuroConfig:
@@ -101,22 +92,21 @@ def config_from_hf(hf: dict, **options) -> OuroConfig:
             raise ValueError(f"load option {name!r} is not known to the ouro family: {OPTIONS}")
     if hf.get("model_type") != "ouro":
         raise _bad("model_type", '"ouro"', hf.get("model_type"))
-    if hf.get("hidden_act", "silu") != "silu":
-        raise _bad("hidden_act", '"silu"', hf.get("hidden_act"))
-    if hf.get("tie_word_embeddings", False):
+    defaults = reference.OURO
+    reference.refuse_unsupported(hf, defaults)
+    if reference.get(hf, defaults, "tie_word_embeddings"):
         raise _bad("tie_word_embeddings", "false (Ouro's head is untied)", True)
-    if hf.get("use_sliding_window", False):
+    if reference.get(hf, defaults, "use_sliding_window"):
         raise _bad("use_sliding_window", "false (sliding-window layers are not supported)", True)
     layer_types = hf.get("layer_types") or ()
     if any(t != "full_attention" for t in layer_types):
         raise _bad("layer_types", '"full_attention" only', layer_types)
-    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"):
-        if key not in hf:
-            raise _bad(key, "a positive int", None)
-    heads = hf.get("num_attention_heads")
-    if not isinstance(heads, int) or heads < 1:
-        raise _bad("num_attention_heads", "a positive int", heads)
-    head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
+    loops = reference.positive(hf, defaults, "total_ut_steps")
+    exit_step = reference.get(hf, defaults, "early_exit_step")
+    if exit_step is not None and exit_step != loops - 1:
+        # A fixed exit at loop k is this model with total_ut_steps = k + 1 (load option).
+        allowed = f"null or {loops - 1} (the last loop; load with total_ut_steps=k + 1)"
+        raise _bad("early_exit_step", allowed, exit_step)
     jet = {}
     if hf.get("jet_positions"):
         given = hf.get("jet_config")
@@ -126,17 +116,14 @@ def config_from_hf(hf: dict, **options) -> OuroConfig:
         jet["jet_positions"] = tuple(hf["jet_positions"])
     extra = {k: v for k, v in hf.items() if k not in _MODELLED}
     fields = dict(
-        vocab_size=hf["vocab_size"],
-        width=hf["hidden_size"],
-        intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
-        heads=heads,
-        kv_heads=hf.get("num_key_value_heads") or heads,
-        head_dim=head_dim,
-        rope_theta=_rope_theta(hf),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        total_ut_steps=hf.get("total_ut_steps", 4),
-        early_exit_threshold=float(hf.get("early_exit_threshold", 1.0)),
+        vocab_size=reference.positive(hf, defaults, "vocab_size"),
+        intermediate_size=reference.positive(hf, defaults, "intermediate_size"),
+        num_layers=reference.positive(hf, defaults, "num_hidden_layers"),
+        **reference.attention_shape(hf, defaults),
+        rope_theta=reference.rope_theta(hf, defaults),
+        norm_eps=float(reference.get(hf, defaults, "rms_norm_eps")),
+        total_ut_steps=loops,
+        early_exit_threshold=float(reference.get(hf, defaults, "early_exit_threshold")),
         hf_extra=json.dumps(extra, sort_keys=True) if extra else "",
         **jet,
     )
@@ -182,6 +169,89 @@ def config_to_hf(cfg: OuroConfig) -> dict:
     return hf
 
 
+# ------------------------------------------------------------------ inserted Jet layers
+
+
+def inserted_paths(model: OuroLM) -> tuple[tuple[str, ...], ...]:
+    """Flax paths of the inserted (Jet) layers: the subtrees a loader initialises with
+    ``init_inserted`` when a checkpoint of the original model lacks them."""
+    return tuple(("model", f"jet_layers_{j}") for j in range(len(model.config.jet_positions)))
+
+
+def init_inserted(model: OuroLM, rng: jax.Array) -> dict:
+    """Fresh parameters of the inserted layers only, {"model": {"jet_layers_j": ...}}
+    (o_proj zero if jet_identity_init), without initialising the whole model: what
+    ``insert_jet_layers`` and load_hf use on a 1.4B checkpoint."""
+    cfg = model.config
+    if not cfg.jet_positions:
+        return {"model": {}}
+    h = jnp.zeros((1, 1, cfg.width), cfg.compute_dtype)
+    positions = jnp.zeros((1,), jnp.int32)
+    layer = jet_layer(cfg, model.window)
+    state = jet_state(cfg.jet_config(), 1, cfg.compute_dtype)
+
+    def init(r):
+        keys = jax.random.split(r, len(cfg.jet_positions))
+        layers = {
+            f"jet_layers_{j}": layer.init(k, h, state, positions)["params"]
+            for j, k in enumerate(keys)
+        }
+        return identity_jet_params(cfg, {"model": layers})
+
+    return jax.jit(init)(rng)
+
+
+def identity_jet_params(cfg: OuroConfig, params: dict) -> dict:
+    """``params`` with every inserted Jet layer's o_proj kernel zeroed when
+    ``cfg.jet_identity_init`` (the layer then adds nothing: an identity residual layer)."""
+    if not cfg.jet_identity_init or not cfg.jet_positions:
+        return params
+    layers = dict(params["model"])
+    for j in range(len(cfg.jet_positions)):
+        layer = dict(layers[f"jet_layers_{j}"])
+        attn = dict(layer["self_attn"])
+        attn["o_proj"] = jax.tree.map(jnp.zeros_like, attn["o_proj"])
+        layer["self_attn"] = attn
+        layers[f"jet_layers_{j}"] = layer
+    return {**params, "model": layers}
+
+
+def insert_jet_layers(
+    model: OuroLM,
+    params: dict,
+    rng: jax.Array,
+    *,
+    positions: tuple[int, ...] | None = None,
+    count: int = 6,
+    identity: bool = True,
+    **jet_fields,
+) -> tuple[OuroLM, dict]:
+    """Inserts freshly initialised Jet layers into a (loaded) Ouro model.
+
+    positions: insertion points (before original layer p), default ``even_jet_positions(
+    num_layers, count)``; identity: zero o_proj (logits unchanged at step 0); jet_fields:
+    OuroConfig ``jet_*`` overrides of the new layers' shape. The model must have no Jet
+    layers yet. Returns (new model, params): the loaded tensors unchanged, the new layers'
+    from a fresh init.
+    """
+    cfg = model.config
+    if cfg.jet_positions:
+        raise ValueError(
+            f"model.jet_positions: the model already has Jet layers {cfg.jet_positions}"
+        )
+    for name in jet_fields:
+        if not name.startswith("jet_") or not hasattr(cfg, name):
+            raise ValueError(f"model.{name}: not a Jet-layer field of OuroConfig")
+    if positions is None:
+        positions = even_jet_positions(cfg.num_layers, count)
+    new_cfg = dataclasses.replace(
+        cfg, jet_positions=tuple(positions), jet_identity_init=bool(identity), **jet_fields
+    )
+    new_model = model.clone(config=new_cfg)
+    fresh = init_inserted(new_model, rng)
+    return new_model, {**params, "model": {**params["model"], **fresh["model"]}}
+
+
 def build(cfg: OuroConfig) -> OuroLM:
     """OuroLM with the default window; load_hf sets the sleep window with clone(window=L)."""
     if not isinstance(cfg, OuroConfig):
@@ -196,7 +266,19 @@ FAMILY = registry.register(
         config_from_hf=config_from_hf,
         config_to_hf=config_to_hf,
         build=build,
+        inserted_paths=inserted_paths,
+        init_inserted=init_inserted,
     )
 )
 
-__all__ = ["FAMILY", "OPTIONS", "build", "config_from_hf", "config_to_hf"]
+__all__ = [
+    "FAMILY",
+    "OPTIONS",
+    "build",
+    "config_from_hf",
+    "config_to_hf",
+    "identity_jet_params",
+    "init_inserted",
+    "insert_jet_layers",
+    "inserted_paths",
+]

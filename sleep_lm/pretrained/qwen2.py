@@ -2,11 +2,12 @@
 "qwen2" (Qwen2 / Qwen2.5, transformers' Qwen2ForCausalLM) and "jet_nemotron"
 (NVlabs/Jet-Nemotron's JetNemotronForCausalLM, remote code).
 
-config.json fields read (both types): vocab_size, hidden_size, intermediate_size,
+config.json fields read (both types; a missing one takes the reference config class's
+default, sleep_lm/pretrained/reference.py): vocab_size, hidden_size, intermediate_size,
 num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim (default
 hidden_size / num_attention_heads), rms_norm_eps, rope_theta (or transformers 5's
-rope_parameters.rope_theta; only the default RoPE, no rope_scaling), tie_word_embeddings,
-hidden_act (must be silu).
+rope_parameters.rope_theta), tie_word_embeddings. Refused: RoPE scaling, a partial rotary
+factor, an activation other than silu, attention dropout.
 
 Layer kinds:
   qwen2: `layer_types` "full_attention" -> attn, "sliding_attention" -> swa (window
@@ -27,7 +28,7 @@ import json
 import math
 
 from sleep_lm.model.qwen2 import Qwen2Config, Qwen2LM
-from sleep_lm.pretrained import registry
+from sleep_lm.pretrained import reference, registry
 
 _QWEN2_KINDS = {"full_attention": "attn", "sliding_attention": "swa"}
 _JET_KINDS = ("attn", "swa", "jet")
@@ -35,30 +36,16 @@ _JET_KINDS = ("attn", "swa", "jet")
 _OPTIONS = ("dtype", "gdn_impl", "chunk_size", "gdn_precision")
 
 
-def _need(hf: dict, field: str):
-    if field not in hf or hf[field] is None:
-        raise ValueError(f"config.json: missing field {field!r}")
-    return hf[field]
-
-
-def _rope_theta(hf: dict) -> float:
-    params = hf.get("rope_parameters") or {}
-    scaling = hf.get("rope_scaling") or {}
-    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise ValueError(f"config.json: rope type {kind!r} is not supported (only default)")
-    theta = hf.get("rope_theta", params.get("rope_theta", 10_000.0))
-    return float(theta)
-
-
 def _qwen2_layers(hf: dict, num_layers: int) -> tuple[tuple[str, ...], int]:
-    window = hf.get("sliding_window") or 0
+    """Layer kinds and sliding window as transformers' Qwen2Config: the window exists only
+    with use_sliding_window; without layer_types, layers i >= max_window_layers slide."""
+    use = reference.get(hf, reference.QWEN2, "use_sliding_window")
+    window = reference.get(hf, reference.QWEN2, "sliding_window") if use else None
     types = hf.get("layer_types")
     if types is None:
-        sliding = bool(hf.get("use_sliding_window")) and window
-        first = hf.get("max_window_layers", num_layers)
+        first = reference.get(hf, reference.QWEN2, "max_window_layers")
         types = [
-            "sliding_attention" if sliding and i >= first else "full_attention"
+            "sliding_attention" if window is not None and i >= first else "full_attention"
             for i in range(num_layers)
         ]
     layers = []
@@ -69,15 +56,15 @@ def _qwen2_layers(hf: dict, num_layers: int) -> tuple[tuple[str, ...], int]:
                 f"{', '.join(_QWEN2_KINDS)}"
             )
         layers.append(_QWEN2_KINDS[t])
-    return tuple(layers), int(window)
+    return tuple(layers), int(window or 0)
 
 
-def _jet_layers(hf: dict) -> tuple[tuple[str, ...], int, dict]:
+def _jet_layers(hf: dict, num_layers: int) -> tuple[tuple[str, ...], int, dict]:
     types = hf.get("layer_types")
     if isinstance(types, str):  # the reference config class also accepts a Python literal
         types = json.loads(types.replace("'", '"'))
     if types is None:
-        types = ["attn"] * _need(hf, "num_hidden_layers")
+        types = ["attn"] * num_layers
     for t in types:
         if t not in _JET_KINDS:
             raise ValueError(
@@ -90,58 +77,40 @@ def _jet_layers(hf: dict) -> tuple[tuple[str, ...], int, dict]:
         raise ValueError("config.json: swa layers need efficient_attention_config.swa.window_size")
     jet = {}
     if "jet" in types:
-        j = eff.get("jet")
-        if not j:
+        if eff.get("jet") is None:
             raise ValueError("config.json: jet layers need efficient_attention_config.jet")
-        head_dim = int(j.get("head_dim", 96))
-        expand_v = float(j.get("expand_v", 2.0))
-        jet = dict(
-            jet_heads=int(j.get("num_heads", 12)),
-            jet_key_head_dim=head_dim,
-            # The reference truncates: int(96 * 2.6666666667) = 256.
-            jet_value_head_dim=int(head_dim * expand_v),
-            jet_conv_size=int(j.get("conv_size", 4)),
-            jet_generator_reduction=int(j.get("dconv_generator_reduction", 8)),
-            jet_norm_eps=float(j.get("norm_eps", 1e-5)),
-        )
+        jet = reference.jet_block(eff["jet"])
     return tuple(types), window, jet
 
 
 def config_from_hf(hf: dict, **options) -> Qwen2Config:
-    """Qwen2Config from a parsed config.json; options: dtype, gdn_impl, chunk_size,
+    """Qwen2Config from a parsed config.json, missing fields as the reference config class
+    (sleep_lm/pretrained/reference.py); options: dtype, gdn_impl, chunk_size,
     gdn_precision (ValueError naming an unknown option or a bad field)."""
     for name in options:
         if name not in _OPTIONS:
             raise ValueError(f"load_hf option {name!r} not known; allowed: {', '.join(_OPTIONS)}")
-    act = hf.get("hidden_act", "silu")
-    if act != "silu":
-        raise ValueError(f"config.json: hidden_act {act!r} not supported (only silu)")
-    width = int(_need(hf, "hidden_size"))
-    heads = int(_need(hf, "num_attention_heads"))
-    num_layers = int(_need(hf, "num_hidden_layers"))
-    model_type = hf["model_type"]
-    if model_type == "jet_nemotron":
-        layers, window, jet = _jet_layers(hf)
-        tie_default = True
+    jet_type = hf["model_type"] == "jet_nemotron"
+    defaults = reference.JET_NEMOTRON if jet_type else reference.QWEN2
+    reference.refuse_unsupported(hf, defaults)
+    num_layers = reference.positive(hf, defaults, "num_hidden_layers")
+    if jet_type:
+        layers, window, jet = _jet_layers(hf, num_layers)
     else:
         (layers, window), jet = _qwen2_layers(hf, num_layers), {}
-        tie_default = False
     if len(layers) != num_layers:
         raise ValueError(
             f"config.json: layer_types has {len(layers)} entries, num_hidden_layers is {num_layers}"
         )
     return Qwen2Config(
-        vocab_size=int(_need(hf, "vocab_size")),
-        width=width,
-        intermediate=int(_need(hf, "intermediate_size")),
-        heads=heads,
-        kv_heads=int(hf.get("num_key_value_heads") or heads),
-        head_dim=int(hf.get("head_dim") or width // heads),
+        vocab_size=reference.positive(hf, defaults, "vocab_size"),
+        intermediate=reference.positive(hf, defaults, "intermediate_size"),
+        **reference.attention_shape(hf, defaults),
         layers=layers,
         sliding_window=window,
-        rope_theta=_rope_theta(hf),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", tie_default)),
+        rope_theta=reference.rope_theta(hf, defaults),
+        norm_eps=float(reference.get(hf, defaults, "rms_norm_eps")),
+        tie_embeddings=bool(reference.get(hf, defaults, "tie_word_embeddings")),
         hf_extra=json.dumps(hf, sort_keys=True),
         **jet,
         **options,

@@ -27,6 +27,10 @@ class Family:
     config_from_hf: Callable[..., Any]  # (hf_config: dict, **options) -> family config dataclass
     config_to_hf: Callable[[Any], dict]  # family config -> HF config.json dict (round trip)
     build: Callable[[Any], nn.Module]  # family config -> Flax module with the stage interface
+    # Layers the family adds to a checkpoint that lacks them (Ouro's Jet layers): their flax
+    # paths for a module, and (module, rng) -> {path prefix: fresh parameters}.
+    inserted_paths: Callable[[Any], tuple] | None = None
+    init_inserted: Callable[[Any, Any], dict] | None = None
 
 
 FAMILIES: dict[str, Family] = {}

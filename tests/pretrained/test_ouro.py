@@ -17,8 +17,9 @@ import pytest
 
 import sleep_lm.pretrained.ouro as ouro_family
 from sleep_lm import inference, sleep
-from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions, insert_jet_layers
+from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions
 from sleep_lm.pretrained import hf
+from sleep_lm.pretrained.ouro import insert_jet_layers
 from tests.tolerance import assert_relative
 
 FIXTURE = pathlib.Path(__file__).resolve().parents[1] / "fixtures" / "ouro"
