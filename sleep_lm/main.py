@@ -128,9 +128,7 @@ def evaluated_model(config, model) -> dict:
     }
 
 
-def eval_record(
-    step: int, metrics: dict, config, previous: dict, overrides, model=None
-) -> dict:
+def eval_record(step: int, metrics: dict, config, previous: dict, overrides, model=None) -> dict:
     """An eval record: the checkpoint's step, the metrics, the task / model / sleep sections
     the checkpoint was evaluated under (`model`: see `evaluated_model`), and
     {field: {"trained": ..., "evaluated": ...}} for the fields of --eval_overrides."""
