@@ -444,10 +444,13 @@ def _validate_init(config) -> None:
             raise ConfigError(f"config.init.{name} must be a string (got {value!r})")
         if value:
             sources.append(name)
-    if len(sources) > 1:
+    # A pretrained family takes its architecture (and tokenizer) from init.from_hf; with
+    # init.from_checkpoint too, its parameters come from that run (a warm start, e.g. the
+    # paper's sliding run from a hard-eviction run). The hybrid takes one source.
+    if len(sources) > 1 and model_family(config) == MODEL_FAMILY_DEFAULT:
         raise ConfigError(
-            "config.init.from_checkpoint and config.init.from_hf are both set; a run starts "
-            "from one of them"
+            "config.init.from_checkpoint and config.init.from_hf are both set; a hybrid run "
+            "starts from one of them (both: a pretrained family warm-started from a run)"
         )
 
 

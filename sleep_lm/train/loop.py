@@ -442,15 +442,16 @@ def initial_params(config: config_dict.ConfigDict, target):
     (default: its latest), matched by name (the "/"-joined parameter path) and shape; the
     optimiser state is not read. Parameters the source has and this model lacks are not
     read. Raises InitError naming a missing or mis-shaped parameter, or a source without
-    checkpoints.
+    checkpoints. init.from_hf alone: the Hugging Face checkpoint's weights; with
+    init.from_checkpoint (a pretrained family warm-started from a run of it): the run's.
     """
     from sleep_lm.config import init_checkpoint
     from sleep_lm.train.checkpoint import CheckpointError, restore_params
 
     init = config.get("init", None) or {}
-    if init.get("from_hf", ""):
-        return _hf_params(config, target)
     source = init.get("from_checkpoint", "")
+    if init.get("from_hf", "") and not source:
+        return _hf_params(config, target)
     if not source:
         return None
     workdir, step = init_checkpoint(source)

@@ -204,3 +204,51 @@ def test_tiny_preset_trains_and_evaluates(tmp_path):
     for op in (2, 3):
         for key in (f"eval/loss@op={op}", f"eval/accuracy@op={op}"):
             assert np.isfinite(final[key]) and np.isfinite(evaluated[key]), key
+
+
+def test_pretrained_family_warm_starts_from_a_run(tmp_path):
+    """The paper's "hard eviction first, then sliding" for a pretrained family: the sliding
+    run names the checkpoint directory (its architecture and tokenizer) and the hard run
+    (`init.from_checkpoint`), and starts from the run's parameters, not the checkpoint's."""
+    import jax
+    import jax.numpy as jnp
+
+    from sleep_lm import parallel
+    from sleep_lm.train.checkpoint import Checkpointer
+
+    def target_of(config):  # the parameters' ShapeDtypeStructs on the run's mesh
+        abstract = jax.eval_shape(loop.build_components(config).init_params, jax.random.PRNGKey(0))
+        layout = loop.Layout.from_config(config)
+        shardings = parallel.tree_shardings(abstract, layout.mesh, layout.rules)
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings
+        )
+
+    checkpoint = tmp_path / "tiny_ouro"
+    tiny.main(["--family=ouro", f"--out={checkpoint}"])
+    hard = preset("tiny")
+    hard.init.from_hf = str(checkpoint)
+    config_lib.validate(hard)
+    loaded = loop.initial_params(hard, target_of(hard))
+    # What the hard run "trained" to: the loaded weights, moved.
+    trained = jax.tree.map(lambda x: x + 0.5, loaded)
+    saver = Checkpointer(tmp_path / "hard" / "checkpoints", keep=1)
+    saver.save(7, {"params": trained})
+    saver.close()
+
+    sliding = preset("tiny")
+    sliding.sleep.eviction = "sliding"
+    sliding.init.from_hf = str(checkpoint)
+    sliding.init.from_checkpoint = str(tmp_path / "hard")
+    config_lib.validate(sliding)  # both sources: allowed for a pretrained family
+    start = loop.initial_params(sliding, target_of(sliding))
+    for got, want, hf in zip(
+        jax.tree.leaves(start), jax.tree.leaves(trained), jax.tree.leaves(loaded), strict=True
+    ):
+        np.testing.assert_array_equal(got, want)
+        assert not jnp.array_equal(got, hf)
+    # The hybrid still takes one source.
+    hybrid = config_lib.load_config(f"{REPO / 'experiments' / 'rule110.py'}:smoke")
+    hybrid.init.from_hf, hybrid.init.from_checkpoint = str(checkpoint), str(tmp_path / "hard")
+    with pytest.raises(config_lib.ConfigError, match="^config.init.from_checkpoint and config"):
+        config_lib.validate(hybrid)
