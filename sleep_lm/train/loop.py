@@ -276,16 +276,39 @@ def make_train_step(
     return train_step
 
 
+def loss_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(loss positions, examples with a loss position) of a batch, float32 scalars: the
+    denominators of the token metrics (loss, token accuracy) and of example accuracy."""
+    mask = jnp.asarray(batch["loss_mask"]).astype(bool)
+    tokens = jnp.sum(mask).astype(jnp.float32)
+    examples = jnp.sum(jnp.any(mask, axis=1)).astype(jnp.float32)
+    return tokens, examples
+
+
 def make_eval_step(loss_fn: LossFn):
+    """(params, batch) -> {name: (numerator, denominator)}: each metric as a sum over the
+    batch with its weight (as flax's lm1b example does), so that `evaluate` can add chunks
+    of different weights. Loss and token accuracy are weighted by loss positions, example
+    accuracy by examples (an answer has 2-5 loss positions, so the two differ)."""
+
     def eval_step(params, batch: dict) -> dict:
         loss, metrics = loss_fn(params, batch)
+        tokens, examples = loss_weights(batch)
         return {
-            "eval/loss": loss,
-            "eval/token_accuracy": metrics["token_accuracy"],
-            "eval/accuracy": metrics["accuracy"],
+            "eval/loss": (loss * tokens, tokens),
+            "eval/token_accuracy": (metrics["token_accuracy"] * tokens, tokens),
+            "eval/accuracy": (metrics["accuracy"] * examples, examples),
         }
 
     return eval_step
+
+
+def eval_seed(config: config_dict.ConfigDict) -> int:
+    """The seed of the held-out sets: `train.eval_seed` (default 0: one fixed test set for
+    every `seed` of a sweep); -1, or a config without the field (config.json files written
+    before it existed), ties it to `config.seed` as before."""
+    value = config.train.get("eval_seed", -1)
+    return config.seed if value == -1 else int(value)
 
 
 def eval_sets(task, size: int, seed: int) -> dict[str, dict]:
@@ -308,20 +331,22 @@ def evaluate_sets(eval_step, params, sets: dict, chunk_size: int, put=None) -> d
 def evaluate(eval_step, params, batch: dict, chunk_size: int, put=None) -> dict[str, float]:
     """Metrics on `batch`, evaluated `chunk_size` examples at a time (bounded memory).
 
-    Every metric is a mean over examples (each example has the same number of labelled
-    positions), so chunk means weighted by chunk size give the mean over the whole set.
-    `put` turns a NumPy chunk into device arrays (sharded over the mesh).
+    `eval_step` returns {name: (numerator, denominator)} per chunk (`make_eval_step`); both
+    are summed over the chunks (in float64 on the host) and divided once, so each metric is
+    its mean over the whole set whatever the chunks' weights. `put` turns a NumPy chunk
+    into device arrays (sharded over the mesh).
     """
     size = len(batch["inputs"])
-    totals: dict[str, float] = {}
+    sums: dict[str, list[float]] = {}
     for start in range(0, size, chunk_size):
         chunk = {k: v[start : start + chunk_size] for k, v in batch.items()}
-        n = len(chunk["inputs"])
         if put is not None:
             chunk = put(chunk)
-        for key, value in jax.device_get(eval_step(params, chunk)).items():
-            totals[key] = totals.get(key, 0.0) + float(value) * n
-    return {key: value / size for key, value in totals.items()}
+        for key, (num, den) in jax.device_get(eval_step(params, chunk)).items():
+            total = sums.setdefault(key, [0.0, 0.0])
+            total[0] += float(num)
+            total[1] += float(den)
+    return {key: num / max(den, 1.0) for key, (num, den) in sums.items()}
 
 
 class _StopFlag:
@@ -577,7 +602,7 @@ def train(
             state_shardings,
             microbatches=train_cfg.get("microbatches", 1),
         )
-        held_out = eval_sets(task, train_cfg.eval_size, config.seed)
+        held_out = eval_sets(task, train_cfg.eval_size, eval_seed(config))
         for held_out_batch in held_out.values():
             check_batch(components, held_out_batch)
         # Held-out examples per eval step: one microbatch (what a training step holds).
@@ -684,7 +709,7 @@ def evaluate_checkpoint(
         in_shardings=(shardings, layout.batch),
         out_shardings=layout.replicated,
     )
-    held_out = eval_sets(components.task, config.train.eval_size, config.seed)
+    held_out = eval_sets(components.task, config.train.eval_size, eval_seed(config))
     for held_out_batch in held_out.values():
         check_batch(components, held_out_batch)
     micro = config.train.get("microbatches", 1)
