@@ -275,6 +275,10 @@ def _validate_train(config) -> None:
             raise ConfigError(
                 f"config.train.microbatches={micro} must divide train.batch_size={batch}"
             )
+    # Optional: the held-out sets' seed (0 and up: fixed across `seed`; -1: `seed`'s own;
+    # absent, as in config.json files older than the field: -1).
+    if "eval_seed" in config.train:
+        _int(config, "train.eval_seed", -1)
     # Optional (default on): TensorBoard event files in the workdir.
     tensorboard = config.train.get("tensorboard", True)
     if not isinstance(tensorboard, bool):
@@ -313,6 +317,7 @@ RESUMABLE_FIELDS = (
     "train.keep_checkpoints",
     "train.tensorboard",
     "train.microbatches",  # gradient accumulation: the same update, another memory layout
+    "train.eval_seed",  # which held-out set; training does not read it
     "task.eval_steps",
     "task.eval_hops",
     "mesh.",

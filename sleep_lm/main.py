@@ -9,10 +9,11 @@ parameters with init.from_checkpoint=WORKDIR[:STEP]); --mode=eval evaluates the 
 checkpoint on the held-out set(s) through the streaming inference path (sleep_lm.inference:
 windows fed and slept on, prediction windows decoded token by token) and writes its record
 to WORKDIR/eval/step<STEP>[-<field>=<value>...].json (one file per checkpoint and override;
-`python -m sleep_lm.report` tabulates them). Eval metrics are broken down by difficulty where the task defines it
-(`eval/accuracy@t=16` for Rule 110's `task.eval_steps`, `eval/accuracy@k=8` for Depo's
-`task.eval_hops`). The config is validated before anything is compiled: an invalid field
-prints one line `error: config.<field> ...` and exits with status 2.
+`python -m sleep_lm.report` tabulates them). Eval metrics are broken down by difficulty
+where the task defines it (`eval/accuracy@t=16` for Rule 110's `task.eval_steps`,
+`eval/accuracy@k=8` for Depo's `task.eval_hops`). The config is validated before anything
+is compiled: an invalid field prints one line `error: config.<field> ...` and exits with
+status 2.
 
 Both modes refuse a config that differs from WORKDIR/config.json (the config the
 checkpoints were trained with) outside budget, cadence, eval sets, mesh and init
@@ -63,7 +64,8 @@ _EVAL_OVERRIDES = flags.DEFINE_string(
     "--mode=eval only: comma-separated config fields allowed to differ from the run's "
     "config.json, e.g. 'sleep.passes,task.steps' to evaluate at another N or depth (set "
     "them with --config.<field>=...). Each must name a config field; the eval record "
-    "(WORKDIR/eval/*.json) holds their trained and evaluated values. Any other difference is refused.",
+    "(WORKDIR/eval/*.json) holds their trained and evaluated values. Any other difference is "
+    "refused.",
 )
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
@@ -126,9 +128,7 @@ def evaluated_model(config, model) -> dict:
     }
 
 
-def eval_record(
-    step: int, metrics: dict, config, previous: dict, overrides, model=None
-) -> dict:
+def eval_record(step: int, metrics: dict, config, previous: dict, overrides, model=None) -> dict:
     """An eval record: the checkpoint's step, the metrics, the task / model / sleep sections
     the checkpoint was evaluated under (`model`: see `evaluated_model`), and
     {field: {"trained": ..., "evaluated": ...}} for the fields of --eval_overrides."""
