@@ -132,10 +132,14 @@ def build_components(config: config_dict.ConfigDict) -> Components:
     def loss_fn(params, batch):
         return sleep.sequence_loss(model, params, batch, spec)
 
+    # No loss position comes before this one (GSM: the answer span at the end): the
+    # streaming eval feeds everything before it as a prompt and decodes only the rest.
+    scored_from = int(getattr(task, "scored_from", 0))
+
     def eval_fn(params, batch):
         # The same metrics through the streaming wake/sleep path (feed, decode_step, sleep):
         # what a deployed model computes, equal to loss_fn's up to float rounding.
-        return inference.streaming_loss(model, params, batch, spec)
+        return inference.streaming_loss(model, params, batch, spec, scored_from=scored_from)
 
     return Components(
         task=task,

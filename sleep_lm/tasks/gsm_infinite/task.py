@@ -237,6 +237,12 @@ class GsmInfinite:
                 "positions (answer + end) it must hold; make seq_len a multiple of the window"
             )
 
+    @property
+    def scored_from(self) -> int:
+        """The first input position that can carry a loss (the answer span is last): the
+        streaming eval feeds the positions before it instead of decoding them."""
+        return self.seq_len - self.answer_span
+
     def check_vocab(self, model_vocab_size: int) -> None:
         """One-line ValueError when the model's vocabulary cannot hold the task's tokens."""
         if model_vocab_size < self.vocab_size:
