@@ -233,6 +233,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.levels = "medium,hard"
     # Left padding is inert (batches carry `valid`); "filler" = padding as ordinary text.
     config.task.padding = "inert"
+    # --mode=eval also generates each answer greedily (streaming: the prompt is fed, the model
+    # sleeps whenever its window fills, then decodes at most the longest answer + end) and
+    # parses it: eval/parsed_accuracy@op=K, the benchmark's score, next to the teacher-forced
+    # eval/accuracy@op=K. About doubles --mode=eval's time; training's eval never generates.
+    config.task.eval_generate = True
 
     config.model = config_dict.ConfigDict()
     config.model.width = 64

@@ -285,6 +285,19 @@ def _validate_train(config) -> None:
         raise ConfigError(f"config.train.tensorboard must be true or false (got {tensorboard!r})")
 
 
+def _validate_eval_generate(config, task) -> None:
+    """`task.eval_generate` (optional, default off): a bool, for a task whose answers can be
+    generated and parsed (one with `generation_batch` and `parse_answer`: gsm_infinite)."""
+    value = config.task.get("eval_generate", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"config.task.eval_generate must be true or false (got {value!r})")
+    if value and not hasattr(task, "generation_batch"):
+        raise ConfigError(
+            f"config.task.eval_generate: task {task.name!r} has no answer to generate and "
+            "parse (gsm_infinite has)"
+        )
+
+
 def load_config_module(path: str | Path):
     """The experiment config file at `path` as a module, loaded by path as `config_flags`
     does (experiments/ is not a package)."""
@@ -320,6 +333,7 @@ RESUMABLE_FIELDS = (
     "train.eval_seed",  # which held-out set; training does not read it
     "task.eval_steps",
     "task.eval_hops",
+    "task.eval_generate",  # --mode=eval also scores generations; training does not read it
     "mesh.",
     # Where a fresh run's parameters come from: once the workdir has a checkpoint, resuming
     # from it takes precedence and `init` is not read again.
@@ -538,6 +552,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None):
         except ValueError as e:
             raise ConfigError(f"config.{e}") from None
     _validate_train(config)
+    _validate_eval_generate(config, task)
     _validate_mesh_static(config)
     if num_devices is not None:
         validate_mesh(config, num_devices)

@@ -648,11 +648,21 @@ class SleepSession:
     ``session.state`` must not be reused.
     """
 
-    def __init__(self, model, params, spec, batch_size: int = 1, *, auto_sleep: bool = True):
+    def __init__(
+        self,
+        model,
+        params,
+        spec,
+        batch_size: int = 1,
+        *,
+        auto_sleep: bool = True,
+        padded: bool = False,
+    ):
         _check(model, spec)
         self.model, self.params, self.spec = model, params, spec
         self.batch_size = batch_size
         self.auto_sleep = auto_sleep
+        self.padded = padded  # feed/decode take valid= (left-padded prompts of a batch)
         donate = dict(static_argnames=_STATIC, donate_argnames=("state",))
         self._feed = jax.jit(_feed, **donate)
         self._decode = jax.jit(_decode_step, **donate)
@@ -670,7 +680,7 @@ class SleepSession:
 
     def reset(self) -> None:
         """Back to an empty context at position 0."""
-        self.state = init_state(self.model, self.spec, self.batch_size)
+        self.state = init_state(self.model, self.spec, self.batch_size, padded=self.padded)
         self.count = 0  # host mirror of state.count
         self.position = 0
         self.logits = None  # prediction for the next token, after the last token seen
@@ -683,28 +693,38 @@ class SleepSession:
             raise ValueError(f"tokens must be [{self.batch_size}, n], got {tokens.shape}")
         return jnp.asarray(tokens)
 
-    def feed(self, tokens) -> jax.Array:
+    def feed(self, tokens, valid=None) -> jax.Array:
         """Appends tokens ([batch, n], or [n] for batch 1); returns the logits
-        [batch, vocab] predicting the token after the last one."""
+        [batch, vocab] predicting the token after the last one. valid: the same shape,
+        False at padding (a session made with ``padded=True``; default all real)."""
         tokens = self._tokens(tokens)
+        if valid is not None:
+            valid = jnp.asarray(np.reshape(np.asarray(valid, bool), tokens.shape))
         n = tokens.shape[1]
         if n == 0:
             return self.logits
         if n > 1:
-            self.state = self._feed(self.model, self.params, self.spec, self.state, tokens[:, :-1])
+            part = () if valid is None else (valid[:, :-1],)
+            self.state = self._feed(
+                self.model, self.params, self.spec, self.state, tokens[:, :-1], *part
+            )
             total = self.count + n - 1
             self.count = total % self.spec.window
             self.position += n - 1
-        return self.decode(tokens[:, -1])
+        return self.decode(tokens[:, -1], None if valid is None else valid[:, -1])
 
-    def decode(self, token) -> jax.Array:
-        """One wake pass for token [batch] (or a scalar for batch 1): logits [batch, vocab]."""
+    def decode(self, token, valid=None) -> jax.Array:
+        """One wake pass for token [batch] (or a scalar for batch 1): logits [batch, vocab].
+        valid: [batch] bool, as for ``feed``."""
         token = self._tokens(np.reshape(np.asarray(token), (self.batch_size, 1)))[:, 0]
         if self.count == self.spec.window:
             if not self.auto_sleep:
                 raise RuntimeError("the window is full: call sleep() before decoding")
             self.sleep()
-        logits, self.state = self._decode(self.model, self.params, self.spec, self.state, token)
+        part = () if valid is None else (jnp.asarray(valid, bool).reshape(self.batch_size),)
+        logits, self.state = self._decode(
+            self.model, self.params, self.spec, self.state, token, *part
+        )
         self.count += 1
         self.position += 1
         self.logits = logits

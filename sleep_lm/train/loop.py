@@ -353,6 +353,52 @@ def evaluate(eval_step, params, batch: dict, chunk_size: int, put=None) -> dict[
     return {key: num / max(den, 1.0) for key, (num, den) in sums.items()}
 
 
+def generate_eval(config: config_dict.ConfigDict) -> bool:
+    """`task.eval_generate`: whether `--mode=eval` also scores greedy generations (absent:
+    off)."""
+    return bool(config.task.get("eval_generate", False))
+
+
+def session_generator(model, params, spec, batch_size: int, padded: bool):
+    """(prompt int [n, P], valid bool [n, P] or None, steps) -> greedy tokens [n, steps]:
+    each prompt is fed to an `inference.SleepSession` (which sleeps whenever its window
+    fills), then `steps` tokens are generated (each fed back but the last). n <= batch_size
+    (a short chunk is filled with copies of its first row: one compiled program)."""
+    from sleep_lm import inference
+
+    # auto_sleep off: no consolidation of a window that fills on the last generated token.
+    session = inference.SleepSession(
+        model, params, spec, batch_size, auto_sleep=False, padded=padded
+    )
+
+    def generate(prompt, valid, steps: int) -> np.ndarray:
+        n = len(prompt)
+        fill = np.r_[np.arange(n), np.zeros(batch_size - n, int)]
+        session.reset()
+        session.feed(prompt[fill], None if valid is None else valid[fill])
+        tokens = session.generate(steps - 1) if steps > 1 else np.zeros((batch_size, 0), int)
+        last = np.argmax(np.asarray(session.logits), axis=-1)
+        return np.concatenate([tokens, last[:, None]], axis=1)[:n]
+
+    return generate
+
+
+def parsed_accuracy(generate, task, batch: dict, chunk_size: int) -> float:
+    """The benchmark's score on a held-out batch: the fraction of problems whose generated
+    answer, parsed (`task.parse_answer`), is the answer. `generate` as `session_generator`
+    returns; at most `task.answer_span` new tokens (the longest answer and the end)."""
+    prompts = task.generation_batch(batch)
+    size = len(prompts["answer"])
+    correct = 0
+    for start in range(0, size, chunk_size):
+        part = slice(start, start + chunk_size)
+        valid = prompts["valid"][part] if "valid" in prompts else None
+        tokens = generate(prompts["prompt"][part], valid, task.answer_span)
+        answers = prompts["answer"][part]
+        correct += sum(task.parse_answer(t) == a for t, a in zip(tokens, answers, strict=True))
+    return correct / size
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a flag checked between steps (main thread only)."""
 
@@ -695,7 +741,9 @@ def evaluate_checkpoint(
     step: int | None = None,
 ) -> tuple[int, dict[str, float]]:
     """(step, eval metrics) of the checkpoint at `step` (default: the latest) in WORKDIR on
-    the held-out set(s), evaluated under `config` with `components.eval_fn`.
+    the held-out set(s), evaluated under `config` with `components.eval_fn`; with
+    `task.eval_generate` also `eval/parsed_accuracy<suffix>` (`parsed_accuracy`: greedy
+    generation through `inference.SleepSession`, answers parsed from the text).
 
     Only the parameters are read (`sleep_lm.run.load_run`: no optimiser state), straight
     into this mesh's shardings. Raises FileNotFoundError when WORKDIR holds no checkpoint.
@@ -724,4 +772,15 @@ def evaluate_checkpoint(
 
     with layout.context():
         metrics = evaluate_sets(eval_step, run.params, held_out, chunk, put)
+        if generate_eval(config):
+            generate = session_generator(
+                components.model,
+                run.params,
+                components.spec,
+                chunk,
+                padded=any("valid" in batch for batch in held_out.values()),
+            )
+            for suffix, batch in held_out.items():
+                accuracy = parsed_accuracy(generate, components.task, batch, chunk)
+                metrics["eval/parsed_accuracy" + suffix] = accuracy
     return run.step, metrics
