@@ -131,3 +131,38 @@ def test_greedy_generation_is_the_streaming_path(task):
         [task.parse_answer(t) == a for t, a in zip(tokens, prompts["answer"], strict=True)]
     )
     assert parsed == expected
+
+
+def test_trainer_eval_equals_streaming_eval(tmp_path):
+    """The trainer's parallel held-out eval (Algorithm 1, sleep.sequence_loss) and
+    --mode=eval's streaming eval (feed, decode, sleep) of the same checkpoint give the same
+    numbers: N = 2, inert padding, answers of 2-3 loss positions, chunks of 4 + 2."""
+    from sleep_lm.config import load_config, validate
+
+    config = load_config(f"{loop.__file__.rsplit('/sleep_lm/', 1)[0]}/experiments/gsm_infinite.py")
+    overrides = {
+        "task.max_op": 2,
+        "task.eval_ops": "2",
+        "task.eval_generate": False,
+        "model.width": 16,
+        "model.heads": 2,
+        "model.mlp_ratio": 2,
+        "model.layers": "attn,gdn",
+        "sleep.passes": 2,
+        "train.steps": 1,
+        "train.batch_size": 4,
+        "train.eval_size": 6,
+        "train.eval_every": 1,
+        "train.tensorboard": False,
+    }
+    for field, value in overrides.items():
+        section, name = field.split(".")
+        config[section][name] = value
+    validate(config)
+    trained = loop.train(config, tmp_path)
+    step, streamed = loop.evaluate_checkpoint(config, tmp_path)
+    assert step == 1 and set(streamed) == set(trained)
+    # Measured: 3e-8 relative on the loss (float32, another summation order); 1e-6.
+    assert streamed["eval/loss@op=2"] == pytest.approx(trained["eval/loss@op=2"], rel=1e-6)
+    for name in ("eval/token_accuracy@op=2", "eval/accuracy@op=2"):
+        assert streamed[name] == trained[name]
