@@ -232,6 +232,11 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.task.levels = "medium,hard"
     # Left padding is inert (batches carry `valid`); "filler" = padding as ordinary text.
     config.task.padding = "inert"
+    # --mode=eval also generates each answer greedily (streaming: the prompt is fed, the model
+    # sleeps whenever its window fills, then decodes at most the longest answer + end) and
+    # parses it: eval/parsed_accuracy@op=K, the benchmark's score, next to the teacher-forced
+    # eval/accuracy@op=K. About doubles --mode=eval's time; training's eval never generates.
+    config.task.eval_generate = True
 
     config.model = config_dict.ConfigDict()
     if preset == "scratch":  # the hybrid's architecture; a pretrained family reads its own
@@ -280,6 +285,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.log_every = 20
     config.train.eval_every = 200
     config.train.eval_size = 200  # per op: the paper's 200 held-out problems per op count
+    # The held-out sets' seed: fixed, so every `seed` of a sweep is scored on the same problems
+    # (-1: tie it to `seed`, as before the field existed).
+    config.train.eval_seed = 0
     config.train.checkpoint_every = 200
     config.train.keep_checkpoints = 2
 

@@ -313,10 +313,27 @@ def _validate_train(config) -> None:
             raise ConfigError(
                 f"config.train.microbatches={micro} must divide train.batch_size={batch}"
             )
+    # Optional: the held-out sets' seed (0 and up: fixed across `seed`; -1: `seed`'s own;
+    # absent, as in config.json files older than the field: -1).
+    if "eval_seed" in config.train:
+        _int(config, "train.eval_seed", -1)
     # Optional (default on): TensorBoard event files in the workdir.
     tensorboard = config.train.get("tensorboard", True)
     if not isinstance(tensorboard, bool):
         raise ConfigError(f"config.train.tensorboard must be true or false (got {tensorboard!r})")
+
+
+def _validate_eval_generate(config, task) -> None:
+    """`task.eval_generate` (optional, default off): a bool, for a task whose answers can be
+    generated and parsed (one with `generation_batch` and `parse_answer`: gsm_infinite)."""
+    value = config.task.get("eval_generate", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"config.task.eval_generate must be true or false (got {value!r})")
+    if value and not hasattr(task, "generation_batch"):
+        raise ConfigError(
+            f"config.task.eval_generate: task {task.name!r} has no answer to generate and "
+            "parse (gsm_infinite has)"
+        )
 
 
 def load_config_module(path: str | Path):
@@ -351,8 +368,10 @@ RESUMABLE_FIELDS = (
     "train.keep_checkpoints",
     "train.tensorboard",
     "train.microbatches",  # gradient accumulation: the same update, another memory layout
+    "train.eval_seed",  # which held-out set; training does not read it
     "task.eval_steps",
     "task.eval_hops",
+    "task.eval_generate",  # --mode=eval also scores generations; training does not read it
     "mesh.",
     # Where a fresh run's parameters come from: once the workdir has a checkpoint, resuming
     # from it takes precedence and `init` is not read again.
@@ -593,6 +612,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None):
         except ValueError as e:
             raise ConfigError(f"config.{e}") from None
     _validate_train(config)
+    _validate_eval_generate(config, task)
     _validate_mesh_static(config)
     if num_devices is not None:
         validate_mesh(config, num_devices)

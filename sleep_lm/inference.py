@@ -515,7 +515,7 @@ def _decode_tokens(model, params, spec, state, tokens, valid=None):
 
 
 def streaming_logits(
-    model, params, tokens: jax.Array, spec, valid=None
+    model, params, tokens: jax.Array, spec, valid=None, *, scored_from: int = 0
 ) -> tuple[jax.Array, SessionState]:
     """Algorithm 1 through the streaming path: ([batch, time, vocab] float32, final state).
 
@@ -524,6 +524,12 @@ def streaming_logits(
     consolidation, as Algorithm 1 does. Sleep windows get zero logits, like
     ``sleep.sequence_logits``, which this equals at every wake position. ``valid`` [batch,
     time] bool: real tokens of a padded batch (None: all).
+
+    scored_from: the first position whose logits are wanted (a Python int). A wake window's
+    tokens before it are fed as a prompt is (``feed``: chunked wake passes, zero logits
+    there) and only the rest is decoded token by token: a GSM answer window of 1,300 tokens
+    decodes ~6. The window's last token is always decoded, so the window never fills inside
+    ``feed`` (which would consolidate it).
     """
     batch, seq_len = tokens.shape
     bounds = sleep_lib.window_bounds(seq_len, spec.window)
@@ -561,29 +567,41 @@ def streaming_logits(
                 state = sleep(model, params, spec, state, length=partial)
             sleep_from = None
         if is_wake:
+            fed = min(max(scored_from - begin, 0), length - 1)  # the prompt part, fed
+            if fed:
+                state = feed(
+                    model, params, spec, state, tokens[:, begin : begin + fed],
+                    *part(begin, begin + fed),
+                )  # fmt: skip
+                pieces.append(jnp.zeros((batch, fed, model.vocab_size), jnp.float32))
             logits, state = _decode_tokens(
                 model,
                 params,
                 spec,
                 state,
-                tokens[:, begin : begin + length],
-                *part(begin, begin + length),
+                tokens[:, begin + fed : begin + length],
+                *part(begin + fed, begin + length),
             )
             pieces.append(logits)
             state = sleep(model, params, spec, state, length=length, consolidate=False)
     return jnp.concatenate(pieces, axis=1), state
 
 
-def streaming_loss(model, params, batch: dict, spec) -> tuple[jax.Array, dict]:
+def streaming_loss(
+    model, params, batch: dict, spec, *, scored_from: int = 0
+) -> tuple[jax.Array, dict]:
     """``sleep.sequence_loss`` through the streaming path (no gradients intended).
 
     Same batch format (``valid`` included) and the same metrics ("loss", "token_accuracy",
-    "accuracy"), computed from ``streaming_logits``.
+    "accuracy"), computed from ``streaming_logits`` (``scored_from``: see there). A loss
+    position before ``scored_from`` would be scored on zero logits: the metrics are NaN.
     """
     targets = jnp.asarray(batch["targets"], jnp.int32)
     mask = jnp.asarray(batch["loss_mask"]).astype(bool)
     inputs = jnp.asarray(batch["inputs"])
-    logits, _ = streaming_logits(model, params, inputs, spec, valid=batch.get("valid"))
+    logits, _ = streaming_logits(
+        model, params, inputs, spec, valid=batch.get("valid"), scored_from=scored_from
+    )
     logp = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
     right = jnp.argmax(logits, axis=-1) == targets
@@ -597,14 +615,18 @@ def streaming_loss(model, params, batch: dict, spec) -> tuple[jax.Array, dict]:
         "token_accuracy": jnp.sum(right * m) / count,
         "accuracy": (jnp.sum(all_right) / jnp.maximum(jnp.sum(has_loss), 1)).astype(jnp.float32),
     }
-    return loss, metrics
+    if scored_from:  # a loss position the streaming pass did not decode: refuse loudly
+        early = jnp.any(mask[:, :scored_from])
+        metrics = {k: jnp.where(early, jnp.nan, v) for k, v in metrics.items()}
+    return metrics["loss"], metrics
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC)
-def evaluate(model, params, spec, batch: dict) -> dict:
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "scored_from"))
+def evaluate(model, params, spec, batch: dict, scored_from: int = 0) -> dict:
     """Metrics of ``sleep.sequence_loss`` ("loss", "token_accuracy", "accuracy") computed
-    through the streaming path (``streaming_loss``)."""
-    return streaming_loss(model, params, batch, spec)[1]
+    through the streaming path (``streaming_loss``; ``scored_from``: see
+    ``streaming_logits``)."""
+    return streaming_loss(model, params, batch, spec, scored_from=scored_from)[1]
 
 
 # ---------------------------------------------------------------------- notebooks
@@ -626,11 +648,21 @@ class SleepSession:
     ``session.state`` must not be reused.
     """
 
-    def __init__(self, model, params, spec, batch_size: int = 1, *, auto_sleep: bool = True):
+    def __init__(
+        self,
+        model,
+        params,
+        spec,
+        batch_size: int = 1,
+        *,
+        auto_sleep: bool = True,
+        padded: bool = False,
+    ):
         _check(model, spec)
         self.model, self.params, self.spec = model, params, spec
         self.batch_size = batch_size
         self.auto_sleep = auto_sleep
+        self.padded = padded  # feed/decode take valid= (left-padded prompts of a batch)
         donate = dict(static_argnames=_STATIC, donate_argnames=("state",))
         self._feed = jax.jit(_feed, **donate)
         self._decode = jax.jit(_decode_step, **donate)
@@ -648,7 +680,7 @@ class SleepSession:
 
     def reset(self) -> None:
         """Back to an empty context at position 0."""
-        self.state = init_state(self.model, self.spec, self.batch_size)
+        self.state = init_state(self.model, self.spec, self.batch_size, padded=self.padded)
         self.count = 0  # host mirror of state.count
         self.position = 0
         self.logits = None  # prediction for the next token, after the last token seen
@@ -661,28 +693,38 @@ class SleepSession:
             raise ValueError(f"tokens must be [{self.batch_size}, n], got {tokens.shape}")
         return jnp.asarray(tokens)
 
-    def feed(self, tokens) -> jax.Array:
+    def feed(self, tokens, valid=None) -> jax.Array:
         """Appends tokens ([batch, n], or [n] for batch 1); returns the logits
-        [batch, vocab] predicting the token after the last one."""
+        [batch, vocab] predicting the token after the last one. valid: the same shape,
+        False at padding (a session made with ``padded=True``; default all real)."""
         tokens = self._tokens(tokens)
+        if valid is not None:
+            valid = jnp.asarray(np.reshape(np.asarray(valid, bool), tokens.shape))
         n = tokens.shape[1]
         if n == 0:
             return self.logits
         if n > 1:
-            self.state = self._feed(self.model, self.params, self.spec, self.state, tokens[:, :-1])
+            part = () if valid is None else (valid[:, :-1],)
+            self.state = self._feed(
+                self.model, self.params, self.spec, self.state, tokens[:, :-1], *part
+            )
             total = self.count + n - 1
             self.count = total % self.spec.window
             self.position += n - 1
-        return self.decode(tokens[:, -1])
+        return self.decode(tokens[:, -1], None if valid is None else valid[:, -1])
 
-    def decode(self, token) -> jax.Array:
-        """One wake pass for token [batch] (or a scalar for batch 1): logits [batch, vocab]."""
+    def decode(self, token, valid=None) -> jax.Array:
+        """One wake pass for token [batch] (or a scalar for batch 1): logits [batch, vocab].
+        valid: [batch] bool, as for ``feed``."""
         token = self._tokens(np.reshape(np.asarray(token), (self.batch_size, 1)))[:, 0]
         if self.count == self.spec.window:
             if not self.auto_sleep:
                 raise RuntimeError("the window is full: call sleep() before decoding")
             self.sleep()
-        logits, self.state = self._decode(self.model, self.params, self.spec, self.state, token)
+        part = () if valid is None else (jnp.asarray(valid, bool).reshape(self.batch_size),)
+        logits, self.state = self._decode(
+            self.model, self.params, self.spec, self.state, token, *part
+        )
         self.count += 1
         self.position += 1
         self.logits = logits

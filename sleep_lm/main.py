@@ -7,7 +7,8 @@ r"""Command line entry point: train or evaluate one config in one workdir.
 there is a checkpoint (a fresh workdir starts from `config.init`: random, or another run's
 parameters with init.from_checkpoint=WORKDIR[:STEP]); --mode=eval evaluates the latest
 checkpoint on the held-out set(s) through the streaming inference path (sleep_lm.inference:
-windows fed and slept on, prediction windows decoded token by token) and writes its record
+windows fed and slept on, scored positions decoded token by token; with task.eval_generate
+also greedy generation, eval/parsed_accuracy) and writes its record
 to WORKDIR/eval/step<STEP>[-<field>=<value>...].json (one file per checkpoint and override;
 `python -m sleep_lm.report` tabulates them). Eval metrics are broken down by difficulty
 where the task defines it (`eval/accuracy@t=16` for Rule 110's `task.eval_steps`,

@@ -121,6 +121,40 @@ def test_streaming_equals_algorithm1(eviction, passes, model, params, batch):
         chex.assert_trees_all_close(got_state.live, ref_state, atol=ATOL)
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_streaming_eval_feeds_the_unscored_prefix(padded, model, params, batch):
+    """scored_from: a wake window's tokens before the first loss position are fed in chunks
+    (3 of window [8-11] here), not decoded; the metrics and the scored logits are those of
+    decoding every token, and a loss position before scored_from gives NaN metrics."""
+    mask = np.zeros((2, T), bool)
+    mask[:, [11, 17]] = True
+    mask[1, 16] = True
+    batch = dict(batch, loss_mask=mask)
+    if padded:  # row 0 starts with 3 padded tokens
+        batch["valid"] = np.arange(T)[None] >= np.array([[3], [0]])
+    spec = spec_for(mask, passes=3, eviction="hard")
+    valid = batch.get("valid")
+
+    @jit
+    def both(params, batch):
+        every, _ = inference.streaming_logits(model, params, batch["inputs"], spec, valid)
+        fed, _ = inference.streaming_logits(
+            model, params, batch["inputs"], spec, valid, scored_from=11
+        )
+        metrics = [inference.evaluate(model, params, spec, batch, n) for n in (0, 11, 12)]
+        return every, fed, metrics
+
+    every, fed, (ref, got, too_late) = both(params, batch)
+    scored = np.zeros(T, bool)
+    scored[[11, 16, 17]] = True
+    chex.assert_trees_all_close(fed[:, scored], every[:, scored], atol=ATOL)
+    assert (fed[:, 8:11] == 0).all() and (every[:, 8:11] != 0).any()  # fed, not decoded
+    assert got["accuracy"] == ref["accuracy"] and got["token_accuracy"] == ref["token_accuracy"]
+    chex.assert_trees_all_close(got["loss"], ref["loss"], atol=ATOL)
+    assert 0 < float(ref["token_accuracy"]) < 1
+    assert all(np.isnan(float(v)) for v in too_late.values())
+
+
 def test_n1_session_sleeping_on_every_window_is_algorithm1(model, params, batch):
     """N = 1: a plain session that decodes every token and sleeps whenever the window fills
     (the wake window too) gives Algorithm 1's logits at every wake position."""

@@ -83,6 +83,7 @@ def test_config_arguments():
         ("train.microbatches", 0, "config.train.microbatches must be >= 1 (got 0)"),
         ("train.microbatches", 3, "config.train.microbatches=3 must divide train.batch_size=64"),
         ("seed", -1, "config.seed must be >= 0 (got -1)"),
+        ("train.eval_seed", -2, "config.train.eval_seed must be >= -1 (got -2)"),
     ],
 )
 def test_validation_names_the_field(field, value, message):
@@ -346,6 +347,30 @@ def test_resume_conflict_names_the_changed_field():
     config.sleep.passes = 3
     message = config_lib.resume_conflict(previous, config)
     assert message.startswith("config.sleep.passes=3 differs from the value the checkpoints")
+
+
+def test_held_out_set_is_fixed_across_seeds_and_old_runs_resume():
+    """train.eval_seed: one held-out set for every `seed` by default; -1 (or a config.json
+    written before the field) ties it to `seed`; such an old run still resumes."""
+    from sleep_lm.tasks import get_task
+    from sleep_lm.train import loop
+
+    config = experiment_config("smoke")
+    task = get_task(config.task)
+    sets = {}
+    for seed, eval_seed in [(0, 0), (3, 0), (3, -1), (3, 3)]:
+        config.seed, config.train.eval_seed = seed, eval_seed
+        sets[seed, eval_seed] = loop.eval_sets(task, 4, loop.eval_seed(config))[""]["inputs"]
+    assert (sets[0, 0] == sets[3, 0]).all()
+    assert (sets[3, -1] == sets[3, 3]).all() and (sets[3, -1] != sets[0, 0]).any()
+    old = json.loads(experiment_config("smoke").to_json_best_effort())
+    del old["train"]["eval_seed"]
+    old["seed"] = 3
+    config = experiment_config("smoke")
+    config.seed = 3
+    assert config_lib.resume_conflict(old, config) is None
+    del config.train["eval_seed"]  # a config rebuilt from that config.json: seed's own set
+    assert loop.eval_seed(config) == 3
 
 
 def test_cli_refuses_to_resume_under_a_changed_config(tiny_run):

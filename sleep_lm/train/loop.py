@@ -132,10 +132,14 @@ def build_components(config: config_dict.ConfigDict) -> Components:
     def loss_fn(params, batch):
         return sleep.sequence_loss(model, params, batch, spec)
 
+    # No loss position comes before this one (GSM: the answer span at the end): the
+    # streaming eval feeds everything before it as a prompt and decodes only the rest.
+    scored_from = int(getattr(task, "scored_from", 0))
+
     def eval_fn(params, batch):
         # The same metrics through the streaming wake/sleep path (feed, decode_step, sleep):
         # what a deployed model computes, equal to loss_fn's up to float rounding.
-        return inference.streaming_loss(model, params, batch, spec)
+        return inference.streaming_loss(model, params, batch, spec, scored_from=scored_from)
 
     return Components(
         task=task,
@@ -276,16 +280,39 @@ def make_train_step(
     return train_step
 
 
+def loss_weights(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(loss positions, examples with a loss position) of a batch, float32 scalars: the
+    denominators of the token metrics (loss, token accuracy) and of example accuracy."""
+    mask = jnp.asarray(batch["loss_mask"]).astype(bool)
+    tokens = jnp.sum(mask).astype(jnp.float32)
+    examples = jnp.sum(jnp.any(mask, axis=1)).astype(jnp.float32)
+    return tokens, examples
+
+
 def make_eval_step(loss_fn: LossFn):
+    """(params, batch) -> {name: (numerator, denominator)}: each metric as a sum over the
+    batch with its weight (as flax's lm1b example does), so that `evaluate` can add chunks
+    of different weights. Loss and token accuracy are weighted by loss positions, example
+    accuracy by examples (an answer has 2-5 loss positions, so the two differ)."""
+
     def eval_step(params, batch: dict) -> dict:
         loss, metrics = loss_fn(params, batch)
+        tokens, examples = loss_weights(batch)
         return {
-            "eval/loss": loss,
-            "eval/token_accuracy": metrics["token_accuracy"],
-            "eval/accuracy": metrics["accuracy"],
+            "eval/loss": (loss * tokens, tokens),
+            "eval/token_accuracy": (metrics["token_accuracy"] * tokens, tokens),
+            "eval/accuracy": (metrics["accuracy"] * examples, examples),
         }
 
     return eval_step
+
+
+def eval_seed(config: config_dict.ConfigDict) -> int:
+    """The seed of the held-out sets: `train.eval_seed` (default 0: one fixed test set for
+    every `seed` of a sweep); -1, or a config without the field (config.json files written
+    before it existed), ties it to `config.seed` as before."""
+    value = config.train.get("eval_seed", -1)
+    return config.seed if value == -1 else int(value)
 
 
 def eval_sets(task, size: int, seed: int) -> dict[str, dict]:
@@ -308,20 +335,68 @@ def evaluate_sets(eval_step, params, sets: dict, chunk_size: int, put=None) -> d
 def evaluate(eval_step, params, batch: dict, chunk_size: int, put=None) -> dict[str, float]:
     """Metrics on `batch`, evaluated `chunk_size` examples at a time (bounded memory).
 
-    Every metric is a mean over examples (each example has the same number of labelled
-    positions), so chunk means weighted by chunk size give the mean over the whole set.
-    `put` turns a NumPy chunk into device arrays (sharded over the mesh).
+    `eval_step` returns {name: (numerator, denominator)} per chunk (`make_eval_step`); both
+    are summed over the chunks (in float64 on the host) and divided once, so each metric is
+    its mean over the whole set whatever the chunks' weights. `put` turns a NumPy chunk
+    into device arrays (sharded over the mesh).
     """
     size = len(batch["inputs"])
-    totals: dict[str, float] = {}
+    sums: dict[str, list[float]] = {}
     for start in range(0, size, chunk_size):
         chunk = {k: v[start : start + chunk_size] for k, v in batch.items()}
-        n = len(chunk["inputs"])
         if put is not None:
             chunk = put(chunk)
-        for key, value in jax.device_get(eval_step(params, chunk)).items():
-            totals[key] = totals.get(key, 0.0) + float(value) * n
-    return {key: value / size for key, value in totals.items()}
+        for key, (num, den) in jax.device_get(eval_step(params, chunk)).items():
+            total = sums.setdefault(key, [0.0, 0.0])
+            total[0] += float(num)
+            total[1] += float(den)
+    return {key: num / max(den, 1.0) for key, (num, den) in sums.items()}
+
+
+def generate_eval(config: config_dict.ConfigDict) -> bool:
+    """`task.eval_generate`: whether `--mode=eval` also scores greedy generations (absent:
+    off)."""
+    return bool(config.task.get("eval_generate", False))
+
+
+def session_generator(model, params, spec, batch_size: int, padded: bool):
+    """(prompt int [n, P], valid bool [n, P] or None, steps) -> greedy tokens [n, steps]:
+    each prompt is fed to an `inference.SleepSession` (which sleeps whenever its window
+    fills), then `steps` tokens are generated (each fed back but the last). n <= batch_size
+    (a short chunk is filled with copies of its first row: one compiled program)."""
+    from sleep_lm import inference
+
+    # auto_sleep off: no consolidation of a window that fills on the last generated token.
+    session = inference.SleepSession(
+        model, params, spec, batch_size, auto_sleep=False, padded=padded
+    )
+
+    def generate(prompt, valid, steps: int) -> np.ndarray:
+        n = len(prompt)
+        fill = np.r_[np.arange(n), np.zeros(batch_size - n, int)]
+        session.reset()
+        session.feed(prompt[fill], None if valid is None else valid[fill])
+        tokens = session.generate(steps - 1) if steps > 1 else np.zeros((batch_size, 0), int)
+        last = np.argmax(np.asarray(session.logits), axis=-1)
+        return np.concatenate([tokens, last[:, None]], axis=1)[:n]
+
+    return generate
+
+
+def parsed_accuracy(generate, task, batch: dict, chunk_size: int) -> float:
+    """The benchmark's score on a held-out batch: the fraction of problems whose generated
+    answer, parsed (`task.parse_answer`), is the answer. `generate` as `session_generator`
+    returns; at most `task.answer_span` new tokens (the longest answer and the end)."""
+    prompts = task.generation_batch(batch)
+    size = len(prompts["answer"])
+    correct = 0
+    for start in range(0, size, chunk_size):
+        part = slice(start, start + chunk_size)
+        valid = prompts["valid"][part] if "valid" in prompts else None
+        tokens = generate(prompts["prompt"][part], valid, task.answer_span)
+        answers = prompts["answer"][part]
+        correct += sum(task.parse_answer(t) == a for t, a in zip(tokens, answers, strict=True))
+    return correct / size
 
 
 class _StopFlag:
@@ -578,7 +653,7 @@ def train(
             state_shardings,
             microbatches=train_cfg.get("microbatches", 1),
         )
-        held_out = eval_sets(task, train_cfg.eval_size, config.seed)
+        held_out = eval_sets(task, train_cfg.eval_size, eval_seed(config))
         for held_out_batch in held_out.values():
             check_batch(components, held_out_batch)
         # Held-out examples per eval step: one microbatch (what a training step holds).
@@ -667,7 +742,9 @@ def evaluate_checkpoint(
     step: int | None = None,
 ) -> tuple[int, dict[str, float]]:
     """(step, eval metrics) of the checkpoint at `step` (default: the latest) in WORKDIR on
-    the held-out set(s), evaluated under `config` with `components.eval_fn`.
+    the held-out set(s), evaluated under `config` with `components.eval_fn`; with
+    `task.eval_generate` also `eval/parsed_accuracy<suffix>` (`parsed_accuracy`: greedy
+    generation through `inference.SleepSession`, answers parsed from the text).
 
     Only the parameters are read (`sleep_lm.run.load_run`: no optimiser state), straight
     into this mesh's shardings. Raises FileNotFoundError when WORKDIR holds no checkpoint.
@@ -685,7 +762,7 @@ def evaluate_checkpoint(
         in_shardings=(shardings, layout.batch),
         out_shardings=layout.replicated,
     )
-    held_out = eval_sets(components.task, config.train.eval_size, config.seed)
+    held_out = eval_sets(components.task, config.train.eval_size, eval_seed(config))
     for held_out_batch in held_out.values():
         check_batch(components, held_out_batch)
     micro = config.train.get("microbatches", 1)
@@ -696,4 +773,15 @@ def evaluate_checkpoint(
 
     with layout.context():
         metrics = evaluate_sets(eval_step, run.params, held_out, chunk, put)
+        if generate_eval(config):
+            generate = session_generator(
+                components.model,
+                run.params,
+                components.spec,
+                chunk,
+                padded=any("valid" in batch for batch in held_out.values()),
+            )
+            for suffix, batch in held_out.items():
+                accuracy = parsed_accuracy(generate, components.task, batch, chunk)
+                metrics["eval/parsed_accuracy" + suffix] = accuracy
     return run.step, metrics

@@ -204,6 +204,10 @@ def test_tiny_preset_trains_and_evaluates(tmp_path):
     for op in (2, 3):
         for key in (f"eval/loss@op={op}", f"eval/accuracy@op={op}"):
             assert np.isfinite(final[key]) and np.isfinite(evaluated[key]), key
+        # task.eval_generate (on in the presets): --mode=eval also generated and parsed, on
+        # the 2 problems of each op (a random model: 0 or 1/2 or 1, any of them).
+        assert evaluated[f"eval/parsed_accuracy@op={op}"] in (0.0, 0.5, 1.0)
+        assert f"eval/parsed_accuracy@op={op}" not in final  # training's eval never generates
 
 
 def test_pretrained_family_warm_starts_from_a_run(tmp_path):

@@ -6,7 +6,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from train_fakes import FakeTask, fake_components, fake_loss, tiny_config
+from train_fakes import FakeTask, fake_components, fake_init, fake_loss, tiny_config
 
 from sleep_lm.train import loop, optim
 from sleep_lm.train.checkpoint import Checkpointer
@@ -235,15 +235,37 @@ def test_warm_start_errors_are_one_line(straight_run, tmp_path):
             _init_state(config, tmp_path / "w")
 
 
-def test_evaluate_in_chunks_equals_whole_set_mean():
-    batch = {"inputs": np.arange(11, dtype=np.float32)[:, None] ** 2}
+def _varied_loss_positions(batch: dict, counts) -> dict:
+    """`batch` with `counts[row]` loss positions in each row (GSM answers have 2-5)."""
+    rng = np.random.default_rng(1)
+    for row, count in enumerate(counts):
+        batch["loss_mask"][row] = False
+        batch["loss_mask"][row, rng.choice(batch["loss_mask"].shape[1], count, False)] = True
+    return batch
 
-    def eval_step(params, chunk):
-        return {"m": np.mean(chunk["inputs"])}
 
-    whole = loop.evaluate(eval_step, None, batch, chunk_size=11)
-    chunked = loop.evaluate(eval_step, None, batch, chunk_size=4)  # 4 + 4 + 3
-    assert chunked["m"] == pytest.approx(whole["m"]) == pytest.approx(385 / 11)
+def test_evaluate_in_chunks_weights_by_loss_positions():
+    """Chunked eval equals the whole set's metrics when the chunks hold different numbers
+    of loss positions: loss and token accuracy weighted by loss positions, accuracy by
+    examples. The old weighting (chunk means x examples) is off by > 5% here."""
+    params = fake_init(jax.random.PRNGKey(0))
+    # The first chunk holds 32 loss positions, the other two 7 together.
+    counts = [8, 8, 8, 8, 1, 1, 1, 1, 1, 1, 1]
+    batch = _varied_loss_positions(FakeTask().sample(np.random.default_rng(0), 11), counts)
+    _, whole = fake_loss(params, batch)
+    step = jax.jit(loop.make_eval_step(fake_loss))
+    chunked = loop.evaluate(step, params, batch, chunk_size=4)  # 4 + 4 + 3
+    # float32 sums in a different order: measured ~1e-7 relative; 1e-6.
+    for name in ("loss", "token_accuracy", "accuracy"):
+        assert chunked[f"eval/{name}"] == pytest.approx(float(whole[name]), rel=1e-6), name
+    # Not vacuous: per-chunk means weighted by examples (the weighting before) differ.
+    old = {}
+    for start in range(0, 11, 4):
+        chunk = {k: v[start : start + 4] for k, v in batch.items()}
+        for key, value in fake_loss(params, chunk)[1].items():
+            old[key] = old.get(key, 0.0) + float(value) * len(chunk["inputs"]) / 11
+    for name in ("loss", "token_accuracy"):
+        assert abs(old[name] - float(whole[name])) > 0.2 * float(whole[name]), name
 
 
 def test_eval_sets_metrics_carry_the_set_suffix():
@@ -254,7 +276,7 @@ def test_eval_sets_metrics_carry_the_set_suffix():
     }
 
     def eval_step(params, chunk):
-        return {"eval/loss": np.mean(chunk["inputs"])}
+        return {"eval/loss": (np.sum(chunk["inputs"]), len(chunk["inputs"]))}
 
     metrics = loop.evaluate_sets(eval_step, None, sets, chunk_size=2)
     assert metrics == {"eval/loss": pytest.approx(2.0), "eval/loss@k=8": pytest.approx(20.0)}
@@ -274,10 +296,7 @@ def test_gradient_accumulation_equals_the_whole_batch():
     optimizer = optim.make_optimizer(config.train)
     params = fake_components().init_params(jax.random.PRNGKey(0))
     batch = FakeTask().sample(np.random.default_rng(0), 8)
-    rng = np.random.default_rng(1)
-    for row, count in enumerate([1, 6, 2, 8, 1, 3, 7, 5]):
-        batch["loss_mask"][row] = False
-        batch["loss_mask"][row, rng.choice(batch["loss_mask"].shape[1], count, False)] = True
+    batch = _varied_loss_positions(batch, [1, 6, 2, 8, 1, 3, 7, 5])
     whole = jax.value_and_grad(fake_loss, has_aux=True)(params, batch)
     parts = jax.jit(loop.accumulated_value_and_grad, static_argnums=(0, 3))(
         fake_loss, params, batch, 4

@@ -38,6 +38,8 @@ among ``templates`` with the benchmark's weights zoo : school : festival = 2 : 1
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from sleep_lm.tasks import _common
@@ -237,6 +239,12 @@ class GsmInfinite:
                 "positions (answer + end) it must hold; make seq_len a multiple of the window"
             )
 
+    @property
+    def scored_from(self) -> int:
+        """The first input position that can carry a loss (the answer span is last): the
+        streaming eval feeds the positions before it instead of decoding them."""
+        return self.seq_len - self.answer_span
+
     def check_vocab(self, model_vocab_size: int) -> None:
         """One-line ValueError when the model's vocabulary cannot hold the task's tokens."""
         if model_vocab_size < self.vocab_size:
@@ -318,6 +326,51 @@ class GsmInfinite:
     def eval_sets(self, size: int, seed: int = 0) -> dict[str, dict]:
         """One held-out set of ``size`` problems per op in ``eval_ops``: suffix "@op=K"."""
         return {f"@op={k}": self.eval_batch(size, seed, op=k) for k in self.eval_ops}
+
+    # ------------------------------------------------------------ generation scoring
+
+    def generation_batch(self, batch: dict) -> dict[str, np.ndarray]:
+        """The prompts of a batch laid out for generation, without the answer's length.
+
+        Returns ``prompt`` int32 [n, prompt_budget] (the question, statements and "Answer:",
+        left-padded so that every prompt ends at position prompt_budget - 1: the layout of
+        the longest answer; a teacher-forced example with a shorter answer has that many
+        more padding tokens in front), ``valid`` bool [n, prompt_budget] (inert padding
+        only) and ``answer`` int64 [n]. Generation then has ``answer_span`` tokens (the
+        longest answer and the end token) before the sequence length."""
+        inputs = np.asarray(batch["inputs"])
+        targets, mask = np.asarray(batch["targets"]), np.asarray(batch["loss_mask"], bool)
+        budget = self.prompt_budget
+        first = mask.argmax(axis=1)  # the first answer token's target position
+        rows = np.arange(len(inputs))[:, None]
+        cols = first[:, None] + 1 - budget + np.arange(budget)[None]
+        out = {"prompt": inputs[rows, cols].astype(np.int32)}
+        dropped = np.arange(inputs.shape[1])[None] < (first + 1 - budget)[:, None]
+        if "valid" in batch:
+            valid = np.asarray(batch["valid"], bool)
+            out["valid"] = valid[rows, cols]
+            if (valid & dropped).any():  # the generator keeps prompts within the budget
+                raise AssertionError("a prompt is longer than prompt_budget")
+        end = self.tokenizer.end_id
+        out["answer"] = np.array(
+            [
+                int(self.tokenizer.decode(t[m & (t != end)]))
+                for t, m in zip(targets, mask, strict=True)
+            ],
+            dtype=np.int64,
+        )
+        return out
+
+    def parse_answer(self, ids) -> int | None:
+        """The integer a generated continuation of "Answer:" states: the text before the end
+        token, its first line, an integer at its start (after spaces; anything after the
+        digits is ignored, e.g. " 42."); None when there is none."""
+        ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+        if self.tokenizer.end_id in ids:
+            ids = ids[: ids.index(self.tokenizer.end_id)]
+        line = self.tokenizer.decode(ids).lstrip(" \t").split("\n", 1)[0]
+        match = re.match(r"-?\d+", line)
+        return int(match.group()) if match else None
 
     def render(self, tokens) -> str:
         """Text of a token sequence (leading filler dropped; the end token as the tokenizer
