@@ -102,7 +102,7 @@ def measure(preset: str, passes: int, remat: str, args, dirs) -> dict:
     config = load_config(ROOT / f"experiments/gsm_infinite.py:{preset}")
     config.init.from_hf = str(dirs["jet" if preset == "jet" else "ouro"])
     config.sleep.passes, config.sleep.remat = passes, remat
-    # As loop.build_components builds them (without the task, which needs a tokenizer).
+    # As run_lib.build_components builds them (without the task, which needs a tokenizer).
     _, _, model, _ = hf.build(
         config.init.from_hf, window=config.sleep.window, **pretrained_options(config)
     )

@@ -36,6 +36,7 @@ from sleep_lm.model.config import (
     ModelConfig,
 )
 from sleep_lm.ops import PRECISIONS
+from sleep_lm.train.init import init_checkpoint  # noqa: F401  (config.init's parser)
 from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES, split_patterns
 
 _MISSING = object()
@@ -429,15 +430,6 @@ def eval_overrides(text: str, config: config_dict.ConfigDict) -> tuple[str, ...]
                 detail = f" (did you mean {close[0]}?)"
             raise ConfigError(f"--eval_overrides: config.{name} is not a config field{detail}")
     return names
-
-
-def init_checkpoint(value: str) -> tuple[str, int | None]:
-    """`config.init.from_checkpoint` as (workdir, step): "WORKDIR" -> (WORKDIR, None: the
-    latest checkpoint), "WORKDIR:STEP" -> (WORKDIR, STEP)."""
-    path, sep, step = value.rpartition(":")
-    if sep and step.isdigit() and path:
-        return path, int(step)
-    return value, None
 
 
 def default_init_config() -> config_dict.ConfigDict:

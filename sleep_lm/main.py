@@ -196,11 +196,12 @@ def main(argv) -> None:
     except config_lib.ConfigError as e:
         fail(str(e), 2)
 
+    from sleep_lm import run as run_lib
     from sleep_lm.train import checkpoint, loop
 
     workdir = Path(_WORKDIR.value)
     try:
-        components = loop.build_components(config)
+        components = run_lib.build_components(config)
     except ValueError as e:  # Anything the validation did not foresee, still before compiling.
         fail(f"config: {e}", 2)
 
@@ -219,7 +220,7 @@ def main(argv) -> None:
         if conflict:
             fail(conflict, 2)
         try:
-            step, metrics = loop.evaluate_checkpoint(config, workdir, components)
+            step, metrics = run_lib.evaluate_checkpoint(config, workdir, components)
         except FileNotFoundError as e:
             fail(str(e), 1)
         except checkpoint.CheckpointError as e:

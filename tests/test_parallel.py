@@ -327,6 +327,7 @@ def test_two_processes_share_one_run(tmp_path):
 
     import numpy as np
 
+    from sleep_lm import run as run_lib
     from sleep_lm.train import loop
 
     with socket.socket() as s:  # a free port for the coordinator
@@ -357,7 +358,7 @@ def test_two_processes_share_one_run(tmp_path):
         field, value = flag[len("--config.") :].split("=")
         section, name = field.split(".")
         config[section][name] = type(config[section][name])(value)
-    components = loop.build_components(config)
+    components = run_lib.build_components(config)
     params = components.init_params(jax.random.PRNGKey(config.seed))
     halves = [
         loop.batch_for_step(components.task, config.seed, 0, 8, r) for r in (range(4), range(4, 8))

@@ -28,70 +28,17 @@ Parameters mirror the Hugging Face names inside ``self_attn`` (Dense ``kernel`` 
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-from typing import ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sleep_lm import ops
-from sleep_lm.model.config import DELTA_IMPLS, DTYPES, Config, number, one_of, positive
+from sleep_lm.model.config import JetConfig
 from sleep_lm.model.fast_weight import gates, l2_normalize, mask_inputs
 from sleep_lm.model.state import FastWeightState, constrain
-
-
-@dataclasses.dataclass(frozen=True)
-class JetConfig(Config):
-    """Static hyper-parameters of one Jet block (hashable).
-
-    Attributes:
-      width: input / output width (the residual stream).
-      heads: heads of the fast-weight memory.
-      key_head_dim: q / k size per head.
-      value_head_dim: v size per head.
-      conv_size: width W of the dynamic causal convolution on v.
-      generator_reduction: the kernel generator's hidden size is value_dim // this.
-      norm_eps: epsilon of the per-head output RMSNorm.
-      gdn_impl: ops implementation of the gated delta rule ("chunked" | "recurrent").
-      chunk_size: chunk length for gdn_impl="chunked".
-      precision: matmul precision inside the op (a name of ops.PRECISIONS).
-      dtype: compute dtype name; parameters and fast weights are always float32.
-    """
-
-    prefix: ClassVar[str] = "jet"
-
-    width: int = positive()
-    heads: int = positive()
-    key_head_dim: int = positive()
-    value_head_dim: int = positive()
-    conv_size: int = positive(4)
-    generator_reduction: int = positive(8)
-    norm_eps: float = number(1e-5)
-    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
-    chunk_size: int = positive(64)
-    precision: str = one_of("highest", ops.PRECISIONS)
-    dtype: str = one_of("float32", DTYPES)
-
-    def check(self):
-        if self.generator_reduction > self.value_dim:
-            allowed = f"at most value_dim={self.value_dim}"
-            raise self.bad("generator_reduction", allowed, self.generator_reduction)
-
-    @property
-    def key_dim(self) -> int:
-        return self.heads * self.key_head_dim
-
-    @property
-    def value_dim(self) -> int:
-        """Channels of v (and of the convolution and its tail): heads * value_head_dim."""
-        return self.heads * self.value_head_dim
-
-    @property
-    def generator_hidden(self) -> int:
-        return self.value_dim // self.generator_reduction
 
 
 def jet_state(cfg: JetConfig, batch: int, dtype=None) -> FastWeightState:

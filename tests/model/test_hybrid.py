@@ -70,9 +70,9 @@ def test_bfloat16_compute_keeps_f32_params_and_fast_weights(make_model, params, 
     chex.assert_tree_all_finite(logits)
     # Values, not only dtypes: near the float32 model's. Measured (norm-wise relative):
     # logits 2.1e-2, fast weights 1.5e-2 (bfloat16 rounding through two layers); another
-    # model (other parameters) is off by 1.3-1.4. Tolerance 0.2: 10x the rounding.
+    # model (other parameters) is off by 1.3-1.4. Tolerance 0.25: over 10x the rounding.
     f32 = make_model(dtype="float32")
     want, want_state = _forward(jit, f32)(params, tokens, jnp.arange(6), f32.init_state(2))
-    assert_norm_relative(logits, want, 0.2, "bfloat16 logits")
+    assert_norm_relative(logits, want, 0.25, "bfloat16 logits")
     fw, want_fw = state.layers[1].fast_weights, want_state.layers[1].fast_weights
-    assert_norm_relative(fw, want_fw, 0.2, "bfloat16 fast weights")
+    assert_norm_relative(fw, want_fw, 0.25, "bfloat16 fast weights")

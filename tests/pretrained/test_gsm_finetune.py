@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from sleep_lm import config as config_lib
+from sleep_lm import run as run_lib
 from sleep_lm.pretrained import load_hf, load_tokenizer, published, tiny
 from sleep_lm.train import loop
 
@@ -105,7 +106,7 @@ def test_full_presets_validate_on_the_real_architectures(tmp_path, name, hf_conf
     config.init.from_hf = str(architecture_only(tmp_path / "model", hf_config))
     task = config_lib.validate(config, num_devices=8)
     assert task.seq_len == 3300 and task.vocab_size == tiny.TOKENIZER_VOCAB
-    components = loop.build_components(config)
+    components = run_lib.build_components(config)
     model = components.model
     assert components.spec.loop_blocks == loop_blocks
     assert components.spec.schedule[-1] and not any(components.spec.schedule[:-1])
@@ -138,7 +139,7 @@ def test_tiny_writer_writes_a_loadable_checkpoint(tmp_path, family):
     config = preset("tiny" if family == "ouro" else "tiny_jet")
     config.init.from_hf = str(tmp_path / "a")
     config_lib.validate(config, num_devices=1)
-    components = loop.build_components(config)
+    components = run_lib.build_components(config)
     if family == "ouro":
         assert components.model.config.jet_positions == (1,)
         assert components.spec.loop_blocks == (None, None)
@@ -221,7 +222,9 @@ def test_pretrained_family_warm_starts_from_a_run(tmp_path):
     from sleep_lm.train.checkpoint import Checkpointer
 
     def target_of(config):  # the parameters' ShapeDtypeStructs on the run's mesh
-        abstract = jax.eval_shape(loop.build_components(config).init_params, jax.random.PRNGKey(0))
+        abstract = jax.eval_shape(
+            run_lib.build_components(config).init_params, jax.random.PRNGKey(0)
+        )
         layout = loop.Layout.from_config(config)
         shardings = parallel.tree_shardings(abstract, layout.mesh, layout.rules)
         return jax.tree.map(
@@ -233,7 +236,8 @@ def test_pretrained_family_warm_starts_from_a_run(tmp_path):
     hard = preset("tiny")
     hard.init.from_hf = str(checkpoint)
     config_lib.validate(hard)
-    loaded = loop.initial_params(hard, target_of(hard))
+    weights = run_lib.build_components(hard).load_weights  # init.from_hf's loader
+    loaded = loop.initial_params(hard, target_of(hard), weights)
     # What the hard run "trained" to: the loaded weights, moved.
     trained = jax.tree.map(lambda x: x + 0.5, loaded)
     saver = Checkpointer(tmp_path / "hard" / "checkpoints", keep=1)

@@ -228,7 +228,7 @@ def test_trainer_components_use_sleep_loops_and_jets():
     """config.model.family=ouro + init.from_hf: hf_options insert Jet layers at load and
     sleep_loops="last" makes sleep.loop_blocks=all loop the last Ouro loop only."""
     from sleep_lm import config as config_lib
-    from sleep_lm.train import loop
+    from sleep_lm import run as run_lib
 
     repo = pathlib.Path(__file__).resolve().parents[2]
     config = config_lib.load_config(f"{repo / 'experiments/rule110.py'}:smoke")
@@ -236,7 +236,7 @@ def test_trainer_components_use_sleep_loops_and_jets():
     config.init.from_hf = str(FIXTURE)
     config.model.hf_options = {"sleep_loops": "last", "jet_positions": 2, **TINY_JET}
     config_lib.validate(config)
-    components = loop.build_components(config)
+    components = run_lib.build_components(config)
     assert components.model.config.jet_positions == (0, 1)
     assert components.spec.loop_blocks == (8, None)  # loop 2 of 3, 4 units per loop
 

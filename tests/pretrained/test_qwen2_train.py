@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sleep_lm import config as config_lib
+from sleep_lm import run as run_lib
 from sleep_lm.pretrained import load_hf
 from sleep_lm.train import loop
 
@@ -86,7 +87,7 @@ def test_train_two_steps_from_the_fixture(tmp_path):
         name, value = arg.removeprefix("--config.").split("=")
         section, key = name.split(".")
         config[section][key] = type(config[section][key])(value)
-    components = loop.build_components(config)
+    components = run_lib.build_components(config)
     _, params = load_hf(FIXTURE, window=config.sleep.window)
     batch = loop.batch_for_step(components.task, config.seed, 0, config.train.batch_size)
     loss, _ = jax.jit(components.loss_fn)(params, batch)

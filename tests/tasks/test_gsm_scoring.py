@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sleep_lm import inference, sleep
+from sleep_lm import run as run_lib
 from sleep_lm.model import build_model
 from sleep_lm.tasks import get_task
 from sleep_lm.train import loop
@@ -83,7 +84,7 @@ def test_parsed_accuracy_against_teacher_forcing_with_a_stub_generator(task):
         assert n == steps and prompt.shape[1] == task.prompt_budget
         return np.stack([by_prompt[p.tobytes()] for p in prompt])
 
-    parsed = loop.parsed_accuracy(generate, task, batch, chunk_size=2)  # chunks 2 + 2 + 1
+    parsed = run_lib.parsed_accuracy(generate, task, batch, chunk_size=2)  # chunks 2 + 2 + 1
     # Teacher forcing scores the same tokens: exact match of the answer tokens and the end.
     forced = np.mean(
         [
@@ -113,7 +114,7 @@ def test_greedy_generation_is_the_streaming_path(task):
     spec = sleep.SleepSpec.from_config(
         {"passes": 2, "window": L}, sleep.window_schedule(mask[0], L)
     )
-    generate = loop.session_generator(model, params, spec, batch_size=4, padded=True)
+    generate = run_lib.session_generator(model, params, spec, batch_size=4, padded=True)
     tokens = generate(prompts["prompt"], prompts["valid"], steps)
     assert tokens.shape == (3, steps)
     forced = {
@@ -126,7 +127,7 @@ def test_greedy_generation_is_the_streaming_path(task):
     assert float(metrics["token_accuracy"]) == 1.0 and float(metrics["accuracy"]) == 1.0
     # Not vacuous: the random model's logits are not flat (its argmax is its own choice).
     assert len(np.unique(tokens)) > 1
-    parsed = loop.parsed_accuracy(generate, task, batch, chunk_size=4)
+    parsed = run_lib.parsed_accuracy(generate, task, batch, chunk_size=4)
     expected = np.mean(
         [task.parse_answer(t) == a for t, a in zip(tokens, prompts["answer"], strict=True)]
     )
@@ -160,7 +161,7 @@ def test_trainer_eval_equals_streaming_eval(tmp_path):
         config[section][name] = value
     validate(config)
     trained = loop.train(config, tmp_path)
-    step, streamed = loop.evaluate_checkpoint(config, tmp_path)
+    step, streamed = run_lib.evaluate_checkpoint(config, tmp_path)
     assert step == 1 and set(streamed) == set(trained)
     # Measured: equal to the last bit here; 1e-6 (~10 float32 ulps) for another sum order.
     assert streamed["eval/loss@op=2"] == pytest.approx(trained["eval/loss@op=2"], rel=1e-6)

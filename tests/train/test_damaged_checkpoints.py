@@ -19,6 +19,7 @@ import pytest
 from absl import logging as absl_logging
 from train_fakes import REPO, fake_components, fake_init, tiny_config
 
+from sleep_lm import run as run_lib
 from sleep_lm.train import loop
 from sleep_lm.train.checkpoint import CheckpointError, restore_params
 from sleep_lm.train.metrics import read_metrics
@@ -121,7 +122,7 @@ def test_params_restore_and_eval_fall_back(reference, tmp_path, damage, warnings
     assert step == 6
     good, _ = restore_params(reference / "checkpoints", target, 6)
     chex.assert_trees_all_equal(params, good)
-    step, _ = loop.evaluate_checkpoint(tiny_config(steps=8), workdir, fake_components())
+    step, _ = run_lib.evaluate_checkpoint(tiny_config(steps=8), workdir, fake_components())
     assert step == 6
     # Warm start (init.from_checkpoint=WORKDIR: its latest good checkpoint).
     config = tiny_config()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from train_fakes import FakeTask, fake_components, fake_init, fake_loss, tiny_config
 
+from sleep_lm import run as run_lib
 from sleep_lm.train import loop, optim
 from sleep_lm.train.checkpoint import Checkpointer
 from sleep_lm.train.metrics import read_metrics
@@ -171,7 +172,7 @@ def test_already_done_is_a_no_op(tmp_path, straight_run):
 
 def test_evaluate_checkpoint_matches_final_eval(straight_run):
     workdir, config, final_eval = straight_run
-    step, metrics = loop.evaluate_checkpoint(config, workdir, fake_components())
+    step, metrics = run_lib.evaluate_checkpoint(config, workdir, fake_components())
     assert step == 6
     for key, value in final_eval.items():
         assert metrics[key] == pytest.approx(value, rel=1e-6)
@@ -180,7 +181,7 @@ def test_evaluate_checkpoint_matches_final_eval(straight_run):
 def test_evaluate_checkpoint_of_a_missing_workdir_creates_nothing(tmp_path):
     workdir = tmp_path / "typo"
     with pytest.raises(FileNotFoundError, match="no checkpoint in .*typo/checkpoints"):
-        loop.evaluate_checkpoint(tiny_config(), workdir, fake_components())
+        run_lib.evaluate_checkpoint(tiny_config(), workdir, fake_components())
     assert not workdir.exists()  # orbax would have made an empty checkpoints/ directory
 
 
