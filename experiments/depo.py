@@ -32,7 +32,12 @@ The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `s
 
 from ml_collections import config_dict
 
-from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
+from sleep_lm.config import (
+    default_compile_config,
+    default_init_config,
+    default_mesh_config,
+    parse_arg,
+)
 
 _ARG_DEFAULTS = {"smoke": False, "repro3": False, "passes": -1}
 REPRO3_STEPS = 400  # Fig. 3 analogue (results/README.md)
@@ -118,6 +123,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.init = default_init_config()
 
     config.mesh = default_mesh_config()
+
+    # --mode=compile's target (README "Will it fit?"): e.g. v5e-32, h100-8; "" = none.
+    config.compile = default_compile_config()
 
     if arg.smoke or arg.repro3:
         # CPU-minutes preset: short hops, small model and batch. It exercises the whole

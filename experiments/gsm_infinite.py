@@ -97,7 +97,12 @@ import os
 
 from ml_collections import config_dict
 
-from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
+from sleep_lm.config import (
+    default_compile_config,
+    default_init_config,
+    default_mesh_config,
+    parse_arg,
+)
 
 # Sleep passes N each preset's sweep runs (the paper's: Ouro {1, 2, 4}, Jet-Nemotron {1, 2, 4, 6}).
 SWEEP_PASSES = {
@@ -296,6 +301,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.init = default_init_config()
 
     config.mesh = default_mesh_config()
+
+    # --mode=compile's target (README "Will it fit?"): e.g. v5e-32, h100-8; "" = none.
+    config.compile = default_compile_config()
 
     if preset == "ouro":
         _paper_finetune(config)

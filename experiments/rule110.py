@@ -24,7 +24,12 @@ The argument is a comma-separated list of presets and overrides, parsed by
 
 from ml_collections import config_dict
 
-from sleep_lm.config import default_init_config, default_mesh_config, parse_arg
+from sleep_lm.config import (
+    default_compile_config,
+    default_init_config,
+    default_mesh_config,
+    parse_arg,
+)
 
 # Presets and overrides accepted in the argument, with their default values.
 _ARG_DEFAULTS = {
@@ -127,6 +132,9 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
 
     # Devices (launch/README.md): data=-1 = data parallel over all devices; fsdp, tensor.
     config.mesh = default_mesh_config()
+
+    # --mode=compile's target (README "Will it fit?"): e.g. v5e-32, h100-8; "" = none.
+    config.compile = default_compile_config()
 
     repro = arg.repro2a or arg.repro2b or arg.repro2b5m
     if arg.smoke or repro:

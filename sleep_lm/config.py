@@ -377,6 +377,8 @@ RESUMABLE_FIELDS = (
     # Where a fresh run's parameters come from: once the workdir has a checkpoint, resuming
     # from it takes precedence and `init` is not read again.
     "init.",
+    # --mode=compile's target: which chip a compile-only run is for, not how this run trains.
+    "compile.",
 )
 
 
@@ -505,6 +507,28 @@ def default_mesh_config() -> config_dict.ConfigDict:
     return mesh
 
 
+def default_compile_config() -> config_dict.ConfigDict:
+    """`config.compile` defaults: `target` of `--mode=compile` ("" = none; e.g. "v5e-32",
+    "h100-8"; sleep_lm.aot lists the names)."""
+    return config_dict.ConfigDict({"target": ""})
+
+
+def compile_target(config):
+    """The `sleep_lm.aot.Target` of `config.compile.target`; None when it is "" (or the
+    config has no `compile` section). Raises ConfigError naming the field for a bad name."""
+    from sleep_lm import aot
+
+    name = (config.get("compile", None) or {}).get("target", "")
+    if not isinstance(name, str):
+        raise ConfigError(f"config.compile.target must be a string (got {name!r})")
+    if not name:
+        return None
+    try:
+        return aot.parse_target(name)
+    except aot.TargetError as e:
+        raise ConfigError(str(e)) from None
+
+
 def _validate_mesh_static(config) -> None:
     try:
         parallel.check_mesh_config(parallel.mesh_config(config))
@@ -606,6 +630,7 @@ def validate(config: config_dict.ConfigDict, num_devices: int | None = None):
     _validate_train(config)
     _validate_eval_generate(config, task)
     _validate_mesh_static(config)
+    compile_target(config)
     if num_devices is not None:
         validate_mesh(config, num_devices)
     return task

@@ -16,6 +16,13 @@ where the task defines it (`eval/accuracy@t=16` for Rule 110's `task.eval_steps`
 is compiled: an invalid field prints one line `error: config.<field> ...` and exits with
 status 2.
 
+--mode=compile (README "Will it fit?") compiles the run's train and eval steps for
+`config.compile.target` (e.g. v5e-32, h100-8) without its hardware, on `config.mesh` over
+the target's devices, with abstract shapes (no allocation, no weights read; sleep_lm.aot).
+It prints each step's per-device bytes against the chip's memory and writes
+WORKDIR/compile.json; exit 0 when both fit, 1 when not (with a one-line hint). TPU and GPU
+targets need `pip install -e '.[aot]'`.
+
 Both modes refuse a config that differs from WORKDIR/config.json (the config the
 checkpoints were trained with) outside budget, cadence, eval sets, mesh and init
 (config.RESUMABLE_FIELDS): eval would otherwise report another experiment under this run's
@@ -37,9 +44,10 @@ every host runs this same command; `--distributed=on` starts JAX's multi-control
 default `--distributed=auto` does that only when a coordinator address is given or inside a
 SLURM step of several tasks. See launch/README.md.
 
-Exit status: 0 done; 1 non-finite loss (the last good checkpoint is kept) or no checkpoint
-(or config.json) to evaluate; 2 invalid config (or distributed setup, or a config that
-differs from the workdir's, or an init source this model cannot start from); 128 + signal
+Exit status: 0 done (--mode=compile: fits); 1 non-finite loss (the last good checkpoint is
+kept), no checkpoint (or config.json) to evaluate, or (--mode=compile) does not fit; 2
+invalid config (or distributed setup, or a config that differs from the workdir's, or an
+init source this model cannot start from, or a missing compiler extra); 128 + signal
 number when stopped by SIGINT / SIGTERM (after saving a checkpoint).
 """
 
@@ -58,7 +66,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for config.json, metrics.jsonl and checkpoints/."
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "compile"],
+    "What to do: train, evaluate the latest checkpoint, or compile for "
+    "config.compile.target without its hardware (will it fit?).",
+)
 _EVAL_OVERRIDES = flags.DEFINE_string(
     "eval_overrides",
     "",
@@ -174,6 +188,9 @@ def main(argv) -> None:
         fail(str(e), 2)
     if overrides and _MODE.value != "eval":
         fail("--eval_overrides applies to --mode=eval only", 2)
+    if _MODE.value == "compile":
+        compile_mode(config, Path(_WORKDIR.value))
+        return
 
     # Multi-host init must precede anything that touches a device; the device-dependent
     # mesh checks follow it, still before anything is compiled.
@@ -261,6 +278,47 @@ def main(argv) -> None:
         sys.exit(128 + e.signum)
     if metrics:
         logging.info("done: %s", " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+
+
+def compile_mode(config, workdir: Path) -> None:
+    """--mode=compile: the run's steps compiled for config.compile.target; exits 0 (fits),
+    1 (does not fit) or 2 (no target, or its compiler is not installed)."""
+    from sleep_lm import aot
+    from sleep_lm import config as config_lib
+
+    try:
+        target = config_lib.compile_target(config)
+    except config_lib.ConfigError as e:
+        fail(str(e), 2)
+    if target is None:
+        fail(
+            "--mode=compile needs config.compile.target, e.g. --config.compile.target=v5e-32; "
+            f"one of: {aot.target_names()}",
+            2,
+        )
+    missing = aot.missing_extra(target)
+    if missing:
+        fail(missing, 2)
+    # Before anything starts a backend: XLA:CPU only at run time (and cpu-N's N devices).
+    aot.prepare_platforms(target)
+    try:
+        config_lib.validate_mesh(config, target.num_devices)
+    except config_lib.ConfigError as e:
+        fail(f"{e} (on {target.name}: {target.num_devices} devices)", 2)
+    from sleep_lm import run as run_lib
+
+    try:
+        components = run_lib.build_components(config)
+    except ValueError as e:
+        fail(f"config: {e}", 2)
+    record = aot.compile_run(config, target, components)
+    print("\n".join(aot.report_lines(record)), flush=True)
+    path = aot.write_record(workdir, record)
+    logging.info("compile record: %s", path)
+    if not record["fits"]:
+        train = record["steps"]["train"]
+        reason = train["reason"].rstrip(".") or "more than the chip's memory per device"
+        fail(f"does not fit on {target.name}: {reason}; hint: {record['hint']}", 1)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
