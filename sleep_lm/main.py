@@ -296,15 +296,16 @@ def compile_mode(config, workdir: Path) -> None:
             f"one of: {aot.target_names()}",
             2,
         )
+    # The mesh against the target's devices first: a config error needs no compiler.
+    try:
+        config_lib.validate_mesh(config, target.num_devices)
+    except config_lib.ConfigError as e:
+        fail(f"{e} (on {target.name}: {target.num_devices} devices)", 2)
     missing = aot.missing_extra(target)
     if missing:
         fail(missing, 2)
     # Before anything starts a backend: XLA:CPU only at run time (and cpu-N's N devices).
     aot.prepare_platforms(target)
-    try:
-        config_lib.validate_mesh(config, target.num_devices)
-    except config_lib.ConfigError as e:
-        fail(f"{e} (on {target.name}: {target.num_devices} devices)", 2)
     from sleep_lm import run as run_lib
 
     try:

@@ -160,7 +160,7 @@ def test_trainer_eval_equals_streaming_eval(tmp_path):
         section, name = field.split(".")
         config[section][name] = value
     validate(config)
-    trained = loop.train(config, tmp_path)
+    trained = loop.train(config, tmp_path, run_lib.build_components(config))
     step, streamed = run_lib.evaluate_checkpoint(config, tmp_path)
     assert step == 1 and set(streamed) == set(trained)
     # Measured: equal to the last bit here; 1e-6 (~10 float32 ulps) for another sum order.
