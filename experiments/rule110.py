@@ -6,7 +6,8 @@ label i is the first bit of state i after `task.steps` (t) Rule 110 steps. The m
 carry every state across the window boundary in its fast weights; `sleep.passes` (N) is the
 number of offline passes each window gets before eviction.
 
-CPU smoke run (200 steps, ~2 minutes on 2 cores; eval/token_accuracy 1.0 from step 50):
+CPU smoke run (200 steps, 5 min of CPU on 2 cores, README "Run it"; eval/token_accuracy
+1.0 from step 100):
 
   python -m sleep_lm.main --config=experiments/rule110.py:smoke --workdir=/tmp/rule110 \
       --config.task.steps=0 --config.sleep.passes=2
