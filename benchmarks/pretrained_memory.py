@@ -72,6 +72,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import machine  # noqa: E402
 
 from sleep_lm import parallel, sleep  # noqa: E402
+from sleep_lm import run as run_lib  # noqa: E402
 from sleep_lm.config import load_config, pretrained_options  # noqa: E402
 from sleep_lm.model.ouro import OuroConfig  # noqa: E402
 from sleep_lm.pretrained import hf, published  # noqa: E402
@@ -110,11 +111,7 @@ def measure(preset: str, passes: int, remat: str, args, dirs) -> dict:
     batch = args.batch * devices
     mask = np.zeros((seq_len,), bool)
     mask[-ANSWER:] = True
-    schedule = sleep.window_schedule(mask, config.sleep.window)
-    spec = sleep.SleepSpec.from_config(config.sleep, schedule)
-    family_loop = getattr(model, "sleep_loop_blocks", "all")
-    if spec.loop_blocks == (None, None) and family_loop != "all":
-        spec = spec._replace(loop_blocks=sleep.parse_loop_blocks(family_loop))
+    spec = run_lib.sleep_spec(config, mask, model)
 
     def loss_fn(params, batch):
         return sleep.sequence_loss(model, params, batch, spec)
@@ -143,7 +140,7 @@ def measure(preset: str, passes: int, remat: str, args, dirs) -> dict:
         window=config.sleep.window,
         eviction=config.sleep.eviction,
         loop_blocks=list(spec.loop_blocks),
-        windows=len(schedule),
+        windows=len(spec.schedule),
         seq_len=seq_len,
         devices=devices,
         mesh=dict(layout.mesh.shape),

@@ -101,6 +101,20 @@ def load_run(
     )
 
 
+def sleep_spec(config: config_dict.ConfigDict, loss_mask, model):
+    """The run's SleepSpec: config.sleep with the window schedule of one example's
+    `loss_mask` [time]; sleep.loop_blocks=all lets the family choose what a pass loops
+    (Ouro's sleep_loops)."""
+    from sleep_lm import sleep
+
+    schedule = sleep.window_schedule(loss_mask, config.sleep.window)
+    spec = sleep.SleepSpec.from_config(config.sleep, schedule)
+    family_loop = getattr(model, "sleep_loop_blocks", "all")
+    if spec.loop_blocks == (None, None) and family_loop != "all":
+        spec = spec._replace(loop_blocks=sleep.parse_loop_blocks(family_loop))
+    return spec
+
+
 def build_components(config: config_dict.ConfigDict) -> Components:
     """Task, model and sleep spec from the config (imports them here: they are optional for
     tests that bring their own components)."""
@@ -133,12 +147,7 @@ def build_components(config: config_dict.ConfigDict) -> Components:
     probe = task.eval_batch(1, config.seed)
     if hasattr(task, "check_window"):  # loss positions vary per example: all must be awake
         task.check_window(config.sleep.window)
-    schedule = sleep.window_schedule(probe["loss_mask"][0], config.sleep.window)
-    spec = sleep.SleepSpec.from_config(config.sleep, schedule)
-    # sleep.loop_blocks=all lets a family choose what a pass loops (Ouro's sleep_loops).
-    family_loop = getattr(model, "sleep_loop_blocks", "all")
-    if spec.loop_blocks == (None, None) and family_loop != "all":
-        spec = spec._replace(loop_blocks=sleep.parse_loop_blocks(family_loop))
+    spec = sleep_spec(config, probe["loss_mask"][0], model)
 
     def loss_fn(params, batch):
         return sleep.sequence_loss(model, params, batch, spec)
