@@ -27,11 +27,14 @@ from ml_collections import config_dict
 
 from sleep_lm import parallel, sleep
 from sleep_lm.model.config import (
+    ATTENTION_IMPLS,
+    COMPUTE_OPTIONS,
     DELTA_IMPLS,
     DTYPES,
     GDN_IMPLS,
     LAYER_KINDS,
     POSITIONS,
+    REMAT_POLICIES,
     RULES,
     ModelConfig,
 )
@@ -96,6 +99,9 @@ def _validate_compute(config) -> None:
         ("gdn_impl", lambda f: _choice(config, f, DELTA_IMPLS)),
         ("chunk_size", lambda f: _int(config, f, 1)),
         ("gdn_precision", lambda f: _choice(config, f, PRECISIONS)),
+        ("remat_policy", lambda f: _choice(config, f, REMAT_POLICIES)),
+        ("attention_impl", lambda f: _choice(config, f, ATTENTION_IMPLS)),
+        ("attention_chunk", lambda f: _int(config, f, 1)),
     ):
         if config.model.get(field, None) is not None:
             check(f"model.{field}")
@@ -126,6 +132,11 @@ def _validate_model(config) -> None:
     _choice(config, "model.gdn_precision", PRECISIONS)
     _choice(config, "model.dtype", DTYPES)
     _choice(config, "model.positions", POSITIONS)
+    for field, allowed in (("remat_policy", REMAT_POLICIES), ("attention_impl", ATTENTION_IMPLS)):
+        if config.model.get(field, None) is not None:  # optional: older configs lack them
+            _choice(config, f"model.{field}", allowed)
+    if config.model.get("attention_chunk", None) is not None:
+        _int(config, "model.attention_chunk", 1)
     # Jet-layer fields are optional: configs without jet layers need not set them.
     if config.model.get("jet_expand_v", None) is not None:
         _float(config, "model.jet_expand_v", 0.0, strict=True)
@@ -152,7 +163,7 @@ def pretrained_options(config) -> dict:
     and `seed` (of the layers a family inserts, e.g. Ouro's Jet layers)."""
     options = {
         name: config.model[name]
-        for name in ("dtype", "gdn_impl", "chunk_size", "gdn_precision")
+        for name in COMPUTE_OPTIONS
         if config.model.get(name, None) is not None
     }
     options.update(dict(config.model.get("hf_options", None) or {}))

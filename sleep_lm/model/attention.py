@@ -4,7 +4,8 @@ One module for every family, switched by its config: multi-head or grouped-query
 (``kv_heads``), q/k/v bias (``qkv_bias``), rotary positions (``rope_theta``; None = none,
 e.g. learned positions added to the embeddings), and the mask window (``window``: the sleep
 window L for full attention, a shorter one for sliding-window layers). The scores and the
-softmax are ``dot_product_attention``, the one place a memory-efficient backend would go.
+softmax are ``dot_product_attention``, which also holds the memory-efficient implementations
+(``model.attention_impl``: chunked and rematerialised, or cuDNN's fused kernel).
 
 Each query at global position p sees the keys at positions p - window < p' <= p that are
 either among the current tokens or held in the cache: a sliding window of ``window`` keys
@@ -85,22 +86,8 @@ def attention_mask(q_pos: jax.Array, k_pos: jax.Array, window: int) -> jax.Array
     return visible[:, None]
 
 
-def dot_product_attention(
-    q: jax.Array,
-    keys: jax.Array,
-    values: jax.Array,
-    q_pos: jax.Array,
-    k_pos: jax.Array,
-    window: int,
-    dtype,
-) -> jax.Array:
-    """Masked softmax attention; scores and softmax in float32 whatever the compute dtype.
-
-    q: [batch, query, heads, head_dim]; keys, values: [batch, key, kv_heads, head_dim]
-    (heads a multiple of kv_heads: query head h reads kv head h // (heads / kv_heads), as
-    HF's repeat_kv); q_pos: [query] global positions; k_pos: [batch, key] (EMPTY_POSITION
-    never attended to). Returns [batch, query, heads, head_dim] in ``dtype``.
-    """
+def _attend(q, keys, values, q_pos, k_pos, window: int, dtype) -> jax.Array:
+    """The masked softmax (the ``xla`` implementation): float32 scores [.., query, key]."""
     batch, time, heads, dim = q.shape
     kv_heads = keys.shape[2]
     if heads == kv_heads:
@@ -124,12 +111,102 @@ def dot_product_attention(
     return out.reshape(batch, time, heads, dim)
 
 
+def _chunked(q, keys, values, q_pos, k_pos, window: int, dtype, chunk: int) -> jax.Array:
+    """``_attend`` over ``chunk`` queries at a time, each chunk rematerialised.
+
+    Every query row is computed exactly as in ``_attend`` (its softmax sees all its keys at
+    once), so the result equals it up to float rounding. The chunks run in a ``lax.map``
+    whose body is ``jax.checkpoint``-ed: the backward keeps only each chunk's queries and
+    recomputes its [chunk, key] scores, so no [query, key] tensor outlives one chunk. The
+    keys and values are loop constants, kept once. Queries are padded to a multiple of
+    ``chunk`` (the padded rows are computed and dropped).
+    """
+    batch, time, heads, dim = q.shape
+    count = -(-time // chunk)
+    pad = count * chunk - time
+    if pad:
+        q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+        q_pos = jnp.pad(q_pos, (0, pad), mode="edge")
+    q_chunks = q.reshape(batch, count, chunk, heads, dim).swapaxes(0, 1)
+    pos_chunks = q_pos.reshape(count, chunk)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a loop: no CSE to fear
+    def one_chunk(args):
+        q_chunk, pos = args
+        return _attend(q_chunk, keys, values, pos, k_pos, window, dtype)
+
+    out = jax.lax.map(one_chunk, (q_chunks, pos_chunks))  # [count, batch, chunk, heads, dim]
+    return out.swapaxes(0, 1).reshape(batch, count * chunk, heads, dim)[:, :time]
+
+
+def fused_attention(
+    q, keys, values, q_pos, k_pos, window: int, dtype, implementation: str = "cudnn"
+) -> jax.Array:
+    """``jax.nn.dot_product_attention`` with this module's mask as its boolean ``mask``
+    (any cache layout and padding), inputs in ``dtype``. ``implementation="cudnn"`` is
+    cuDNN's fused kernel (NVIDIA GPUs, bfloat16 / float16: it keeps no score tensor for the
+    backward); "xla" is JAX's reference path, which tests use to check the arguments."""
+    mask = attention_mask(q_pos, k_pos, window)  # [batch, 1, query, key]
+    out = jax.nn.dot_product_attention(
+        q.astype(dtype),
+        keys.astype(dtype),
+        values.astype(dtype),
+        mask=mask,
+        implementation=implementation,
+    )
+    return out.astype(dtype)
+
+
+def resolve_impl(impl: str, queries: int, chunk: int) -> str:
+    """The implementation ``impl`` ("auto" | "xla" | "chunked" | "cudnn") means for a call
+    with ``queries`` queries: "auto" is "chunked" when there is more than one chunk of
+    queries, else "xla" (one chunk: nothing to save, no loop overhead)."""
+    if impl == "auto":
+        return "chunked" if queries > chunk else "xla"
+    return impl
+
+
+def dot_product_attention(
+    q: jax.Array,
+    keys: jax.Array,
+    values: jax.Array,
+    q_pos: jax.Array,
+    k_pos: jax.Array,
+    window: int,
+    dtype,
+    impl: str = "xla",
+    chunk: int = 512,
+) -> jax.Array:
+    """Masked softmax attention; scores and softmax in float32 whatever the compute dtype.
+
+    q: [batch, query, heads, head_dim]; keys, values: [batch, key, kv_heads, head_dim]
+    (heads a multiple of kv_heads: query head h reads kv head h // (heads / kv_heads), as
+    HF's repeat_kv); q_pos: [query] global positions; k_pos: [batch, key] (EMPTY_POSITION
+    never attended to). Returns [batch, query, heads, head_dim] in ``dtype``.
+
+    ``impl`` (``model.attention_impl``): "xla" materialises the float32 [query, key] scores
+    and keeps them (and the probabilities) for the backward; "chunked" computes ``chunk``
+    queries at a time and recomputes each chunk's scores in the backward (``_chunked``;
+    every platform, equal to "xla" to float rounding); "cudnn" is cuDNN's fused attention
+    (``fused_attention``; NVIDIA GPUs, bfloat16); "auto" picks "chunked" when the queries
+    span more than one chunk, else "xla" (``resolve_impl``; it does not pick "cudnn", which
+    is opt-in until benchmarks/gpu.sh has checked it on a GPU).
+    """
+    impl = resolve_impl(impl, q.shape[1], chunk)
+    if impl == "chunked":
+        return _chunked(q, keys, values, q_pos, k_pos, window, dtype, chunk)
+    if impl == "cudnn":
+        return fused_attention(q, keys, values, q_pos, k_pos, window, dtype)
+    return _attend(q, keys, values, q_pos, k_pos, window, dtype)
+
+
 class Attention(nn.Module):
     """Causal softmax attention with an explicit KV cache.
 
     Attributes:
       config: a model config (model/config.py): width, heads, kv_heads, head_dim,
-        rope_theta (None: no rotary), qkv_bias, compute_dtype, dense.
+        rope_theta (None: no rotary), qkv_bias, compute_dtype, dense, attention_impl,
+        attention_chunk.
       window: mask window: a query sees itself and window - 1 earlier keys.
     """
 
@@ -164,7 +241,15 @@ class Attention(nn.Module):
             k_pos = key_positions(positions, batch, valid)
 
         out = dot_product_attention(
-            q, keys, values, positions, k_pos, self.window, cfg.compute_dtype
+            q,
+            keys,
+            values,
+            positions,
+            k_pos,
+            self.window,
+            cfg.compute_dtype,
+            impl=cfg.attention_impl,
+            chunk=cfg.attention_chunk,
         )
         y = cfg.dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
         return y, constrain(write_cache(cache, k, v, positions, valid))

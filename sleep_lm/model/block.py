@@ -8,8 +8,13 @@ with ``use_post_attn_norm`` / ``use_post_ffw_norm``. Mixers by ``kind``: "attn" 
 (model/attention.py; "swa" with the config's ``sliding_window``), "gdn"
 (model/fast_weight.py), "jet" (model/jet.py). Shapes: h [batch, time, width].
 
-This is where a family builds its layers, and so the one place a rematerialisation policy
-(``nn.remat(Block, policy=...)``) would be applied.
+Families build their layers with ``block(cfg, kind, window, ...)``, which applies the
+config's per-layer rematerialisation (``model.remat_policy``, ``REMAT_POLICIES``):
+"none" keeps every residual of the layer for the backward; "full" keeps only the layer's
+inputs and recomputes the layer in the backward (MaxText's "full"); "save_dots" also keeps
+the outputs of the weight matmuls (dots without batch dimensions: the projections and the
+MLP) and recomputes the rest (attention scores and softmax, norms, activations, the
+fast-weight recurrence). Rematerialisation changes memory and time, never the values.
 """
 
 from __future__ import annotations
@@ -100,3 +105,20 @@ class Block(nn.Module):
         # per use); a no-op outside a sharding context.
         h = nn.with_logical_constraint(h, ("batch", None, None))
         return h, layer_state
+
+
+# model.remat_policy -> jax.checkpoint policy (None: no rematerialisation).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+_REMAT_BLOCKS = {
+    name: nn.remat(Block, policy=policy) for name, policy in REMAT_POLICIES.items() if policy
+}
+
+
+def block(cfg, kind: str, window: int, **flags) -> Block:
+    """A ``Block(cfg, kind, window, **flags)`` rematerialised by ``cfg.remat_policy``
+    (module docstring); the parameters are the same under every policy."""
+    return _REMAT_BLOCKS.get(cfg.remat_policy, Block)(cfg, kind, window, **flags)

@@ -32,6 +32,21 @@ POSITIONS = ("learned", "none", "rope")
 GDN_IMPLS = ("chunked", "recurrent", "associative")
 DELTA_IMPLS = GDN_IMPLS[:2]  # the delta rule has no associative scan
 DTYPES = ("float32", "bfloat16")
+# Per-layer rematerialisation (block.REMAT_POLICIES) and the attention kernel
+# (attention.dot_product_attention); their meaning is documented there.
+REMAT_POLICIES = ("none", "full", "save_dots")
+ATTENTION_IMPLS = ("auto", "xla", "chunked", "cudnn")
+# The compute settings of ``config.model`` every family takes (a pretrained family's
+# architecture comes from its config.json; these are passed to its load as options).
+COMPUTE_OPTIONS = (
+    "dtype",
+    "gdn_impl",
+    "chunk_size",
+    "gdn_precision",
+    "remat_policy",
+    "attention_impl",
+    "attention_chunk",
+)
 
 _POSITIVE = "a positive int"
 _NUMBER = "a positive number"
@@ -106,6 +121,9 @@ class Config:
             value = getattr(self, field.name)
             if allowed is not None and not _valid(value, allowed):
                 raise self.bad(field.name, allowed, value)
+        if getattr(self, "attention_impl", None) == "cudnn" and self.dtype != "bfloat16":
+            # cuDNN's fused attention takes bfloat16 / float16 only.
+            raise self.bad("attention_impl", '"cudnn" only with dtype="bfloat16"', "cudnn")
         self.check()
 
     def bad(self, field: str, allowed, got) -> ValueError:
@@ -146,6 +164,9 @@ class ModelConfig(Config):
       chunk_size: chunk length for gdn_impl="chunked".
       gdn_precision: matmul precision inside the GDN op (a name of ops.PRECISIONS).
       dtype: compute dtype name; parameters and fast weights are always float32.
+      remat_policy: per-layer rematerialisation in the backward (model/block.py).
+      attention_impl: attention kernel (model/attention.py's dot_product_attention).
+      attention_chunk: queries per chunk of attention_impl="chunked".
       jet_expand_v: Jet value head size = head_dim * jet_expand_v (an integer).
       jet_generator_reduction: Jet kernel generator hidden = heads * value size // this.
     """
@@ -161,6 +182,9 @@ class ModelConfig(Config):
     chunk_size: int = positive(64)
     gdn_precision: str = one_of("highest", PRECISIONS)
     dtype: str = one_of("float32", DTYPES)
+    remat_policy: str = one_of("none", REMAT_POLICIES)
+    attention_impl: str = one_of("auto", ATTENTION_IMPLS)
+    attention_chunk: int = positive(512)
     jet_expand_v: float = 2.0
     jet_generator_reduction: int = positive(8)
 
@@ -247,6 +271,7 @@ class DecoderConfig(Config):
     multiple), head_dim (even: RoPE rotates pairs), rope_theta, norm_eps (rms_norm_eps);
     the Jet layers' shape ``jet_*`` (model/jet.py's JetConfig) and ops settings
     (gdn_impl, chunk_size, gdn_precision); dtype (compute; parameters are float32);
+    remat_policy, attention_impl, attention_chunk (as ModelConfig's);
     hf_extra (config.json keys the family does not model, as JSON text, written back on
     export). A family redeclares a field to change its default."""
 
@@ -267,6 +292,9 @@ class DecoderConfig(Config):
     chunk_size: int = positive(64)
     gdn_precision: str = one_of("highest", PRECISIONS)
     dtype: str = one_of("float32", DTYPES)
+    remat_policy: str = one_of("none", REMAT_POLICIES)
+    attention_impl: str = one_of("auto", ATTENTION_IMPLS)
+    attention_chunk: int = positive(512)
     hf_extra: str = json_object()
 
     mlp_gated: ClassVar[bool] = True  # SwiGLU: gate_proj, up_proj, down_proj

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model import state as state_lib
-from sleep_lm.model.block import Block
+from sleep_lm.model.block import block
 from sleep_lm.model.config import ModelConfig
 from sleep_lm.model.stages import EMBED_INIT, StagedLM, run_blocks, token_embedding
 from sleep_lm.model.state import ModelState
@@ -51,7 +51,7 @@ class HybridLM(StagedLM):
             self.position_embed = self.param(
                 "position_embed", EMBED_INIT, (self.max_len, cfg.width)
             )
-        self.block = [Block(cfg, kind, self.window) for kind in cfg.layers]
+        self.block = [block(cfg, kind, self.window) for kind in cfg.layers]
         self.final_norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
         self.lm_head = nn.Dense(
             self.vocab_size, use_bias=False, dtype=cfg.compute_dtype, param_dtype=jnp.float32

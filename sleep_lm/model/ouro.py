@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleep_lm.model.block import Block
+from sleep_lm.model.block import Block, block
 from sleep_lm.model.config import DecoderConfig, one_of, positive
 from sleep_lm.model.stages import StagedLM, token_embedding
 from sleep_lm.model.state import ModelState
@@ -122,7 +122,7 @@ class OuroConfig(DecoderConfig):
 
 def jet_layer(cfg: OuroConfig, window: int) -> Block:
     """An inserted Jet layer: h + self_attn(input_layernorm(h)), no MLP; FastWeightState."""
-    return Block(cfg, "jet", window, use_mlp=False)
+    return block(cfg, "jet", window, use_mlp=False)
 
 
 class OuroModel(nn.Module):
@@ -135,7 +135,7 @@ class OuroModel(nn.Module):
         cfg = self.config
         self.embed_tokens = token_embedding(cfg, cfg.vocab_size)
         sandwich = dict(use_post_mixer_norm=True, use_post_mlp_norm=True)
-        self.layers = [Block(cfg, "attn", self.window, **sandwich) for _ in range(cfg.num_layers)]
+        self.layers = [block(cfg, "attn", self.window, **sandwich) for _ in range(cfg.num_layers)]
         self.jet_layers = [jet_layer(cfg, self.window) for _ in cfg.jet_positions]
         self.norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
         self.early_exit_gate = nn.Dense(

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from sleep_lm.model.block import Block
+from sleep_lm.model.block import block
 from sleep_lm.model.config import DecoderConfig, positive
 from sleep_lm.model.stages import StagedLM, run_blocks, token_embedding
 from sleep_lm.model.state import ModelState
@@ -76,7 +76,7 @@ class Qwen2Model(nn.Module):
     def setup(self):
         cfg = self.config
         self.embed_tokens = token_embedding(cfg, cfg.vocab_size)
-        self.layers = [Block(cfg, kind, self.window) for kind in cfg.layers]
+        self.layers = [block(cfg, kind, self.window) for kind in cfg.layers]
         self.norm = nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.compute_dtype)
 
     def embed(self, tokens: jax.Array) -> jax.Array:

@@ -6,10 +6,10 @@ parameter tree of sleep_lm/model/ouro.py mirrors the checkpoint names, early-exi
 included (``model.early_exit_gate.{weight,bias}``).
 
 Options of ``load_hf(path, **options)`` for this family (besides ``window`` and ``mesh``):
-``dtype``, ``gdn_impl``, ``chunk_size``, ``gdn_precision`` (the inserted Jet layers' delta
-rule), ``sleep_loops`` ("all" | "last", see sleep_lm/model/ouro.py), ``total_ut_steps``
-(run fewer or more loops than the checkpoint's: exiting at loop k is total_ut_steps=k + 1)
-and ``jet_identity_init``.
+the compute settings of model/config.py's ``COMPUTE_OPTIONS`` (``dtype``, ``gdn_impl``, ...,
+``remat_policy``, ``attention_impl``), ``sleep_loops`` ("all" | "last", see
+sleep_lm/model/ouro.py), ``total_ut_steps`` (run fewer or more loops than the checkpoint's:
+exiting at loop k is total_ut_steps=k + 1) and ``jet_identity_init``.
 
 Inserting Jet layers: after loading, ``insert_jet_layers(model, params, rng)`` (below); or
 at load with the options ``jet_positions`` (a list of insertion points, or a
@@ -36,6 +36,7 @@ import json
 import jax
 import jax.numpy as jnp
 
+from sleep_lm.model.config import COMPUTE_OPTIONS
 from sleep_lm.model.jet import jet_state
 from sleep_lm.model.ouro import OuroConfig, OuroLM, even_jet_positions, jet_layer
 from sleep_lm.pretrained import reference, registry
@@ -70,10 +71,7 @@ _JET_KEYS = (
 )
 _JET_SHAPE = tuple(f"jet_{k}" for k in _JET_KEYS)
 OPTIONS = (
-    "dtype",
-    "gdn_impl",
-    "chunk_size",
-    "gdn_precision",
+    *COMPUTE_OPTIONS,
     "sleep_loops",
     "total_ut_steps",
     "jet_identity_init",

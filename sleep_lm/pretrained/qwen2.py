@@ -27,13 +27,14 @@ from __future__ import annotations
 import json
 import math
 
+from sleep_lm.model.config import COMPUTE_OPTIONS
 from sleep_lm.model.qwen2 import Qwen2Config, Qwen2LM
 from sleep_lm.pretrained import reference, registry
 
 _QWEN2_KINDS = {"full_attention": "attn", "sliding_attention": "swa"}
 _JET_KINDS = ("attn", "swa", "jet")
 # Options of load_hf that go to the config (everything else is an error).
-_OPTIONS = ("dtype", "gdn_impl", "chunk_size", "gdn_precision")
+_OPTIONS = COMPUTE_OPTIONS
 
 
 def _qwen2_layers(hf: dict, num_layers: int) -> tuple[tuple[str, ...], int]:
@@ -85,8 +86,8 @@ def _jet_layers(hf: dict, num_layers: int) -> tuple[tuple[str, ...], int, dict]:
 
 def config_from_hf(hf: dict, **options) -> Qwen2Config:
     """Qwen2Config from a parsed config.json, missing fields as the reference config class
-    (sleep_lm/pretrained/reference.py); options: dtype, gdn_impl, chunk_size,
-    gdn_precision (ValueError naming an unknown option or a bad field)."""
+    (sleep_lm/pretrained/reference.py); options: model/config.py's COMPUTE_OPTIONS
+    (ValueError naming an unknown option or a bad field)."""
     for name in options:
         if name not in _OPTIONS:
             raise ValueError(f"load_hf option {name!r} not known; allowed: {', '.join(_OPTIONS)}")
