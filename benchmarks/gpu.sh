@@ -2,7 +2,7 @@
 # The performance suite on one GPU, JAX and PyTorch + fla side by side.
 #
 #   bash benchmarks/gpu.sh --part 1         # the goals: torch, train, ops (~9.3 min at most)
-#   bash benchmarks/gpu.sh --part 2         # the rest: check, wake, large, wake512, cli (~7 min)
+#   bash benchmarks/gpu.sh --part 2         # the rest: attention, check, wake, large, wake512, cli (~8 min)
 #   bash benchmarks/gpu.sh                  # both parts in one go (~15 min; not in a lease)
 #   bash benchmarks/gpu.sh --out DIR        # write under DIR instead of $OUT
 #   bash benchmarks/gpu.sh --quick          # every script in its quick mode (a smoke run)
@@ -31,6 +31,9 @@
 #             (issue 2's goal: within 2x of fla); the chunked forward+backward profiled
 #             at each shape (kernels per call, busy time, top kernels)
 #   part 2
+#   attention benchmarks/attention.py: model.attention_impl xla / chunked / cudnn in bfloat16
+#             at (1, 2048, 16, 128): gradient temporaries, fwd+bwd ms, error vs float32
+#             (the cuDNN path is checked on hardware nowhere else)
 #   check     tests/ops on the GPU: the kernels exact there (precision="highest")
 #   wake      benchmarks/wake_sleep.py at batch 1: decode ms/token, sleep ms/window
 #   large     benchmarks/train_throughput.py --settings large: width 1024, 8 layers, L = 2048
@@ -60,8 +63,8 @@ while [ $# -gt 0 ]; do
 done
 case "$PART" in
   1) PHASES="torch train ops" ;;
-  2) PHASES="check wake large wake512 cli" ;;
-  all) PHASES="torch train ops check wake large wake512 cli" ;;
+  2) PHASES="attention check wake large wake512 cli" ;;
+  all) PHASES="torch train ops attention check wake large wake512 cli" ;;
   *) echo "--part must be 1 or 2, got '$PART'; $usage" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT_DIR"
@@ -134,8 +137,11 @@ run train 230 "$PY" benchmarks/train_throughput.py --settings rule110 --passes "
   $QUICK --out "$OUT_DIR/train_rule110.json"
 run ops 170 "$PY" benchmarks/ops.py --chunk_sizes 64,128 --profile $QUICK --out "$OUT_DIR/ops.json"
 
-# Part 2. The ops tests on this GPU, at the ops' default precision="highest" (full float32
+# Part 2. The attention implementations first (cuDNN's fused path has no CPU check), then
+# the ops tests on this GPU, at the ops' default precision="highest" (full float32
 # dots; JAX's own default here is TF32, whose error ops.py reports in its "default" rows).
+run attention 60 "$PY" benchmarks/attention.py --impls xla,chunked,cudnn --dtype bfloat16 \
+  --out "$OUT_DIR/attention.json"
 XLA_PYTHON_CLIENT_PREALLOCATE=false run check 100 "$PY" -m pytest tests/ops -q -x \
   -p no:cacheprovider --junitxml "$OUT_DIR/check_ops.xml"
 run wake 50 "$PY" benchmarks/wake_sleep.py --passes "$PASSES" --batch 1 $QUICK \

@@ -151,6 +151,11 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.model.dtype = "bfloat16"
     config.model.gdn_impl = "chunked"
     config.model.chunk_size = 64
+    # Each layer keeps only its input for the backward (recomputed there), and attention
+    # over the 2000-3300-token windows runs in 512-query chunks that keep no score tensor:
+    # what makes one example fit a device (benchmarks/RESULTS.md, "Memory plan").
+    config.model.remat_policy = "full"
+    config.model.attention_impl = "auto"
     config.sleep.window = 2000
     config.sleep.eviction = "hard"
     # The most memory-saving remat mode for N > 1 (sleep.py docstring): only each pass's
@@ -196,6 +201,7 @@ def _tiny(config: config_dict.ConfigDict) -> None:
     # float rounding, tests/ops).
     config.model.gdn_impl = "recurrent"
     config.model.chunk_size = 16
+    config.model.remat_policy = "full"  # as the full-size presets
     config.sleep.passes = 2
     config.sleep.window = 32  # 3 sleep windows, then the answer's wake window
     config.sleep.eviction = "hard"
