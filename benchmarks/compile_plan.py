@@ -12,10 +12,10 @@ collects WORKDIR/compile.json: per-device arguments, outputs, aliased, temporari
 A row is PRESET:N:TARGET[:key=value;...], the extra settings as --config overrides (e.g.
 ``ouro:4:h100-1:sleep.remat=none``). Nothing is downloaded: the checkpoint directories hold
 only config.json (Ouro-1.4B's and Jet-Nemotron-2B's published architectures,
-benchmarks/pretrained_memory.py) and, for the task, sleep_lm.pretrained.tiny's byte-level BPE (the batch's
-shape is task.seq_len whatever the tokenizer). One example per device per microbatch:
-train.microbatches = global batch / devices. Rows append to --out (JSON lines) as they end;
-a row already there (same preset, N, target, settings) is skipped, so the script resumes.
+benchmarks/pretrained_memory.py) and, for the task, sleep_lm.pretrained.tiny's byte-level
+BPE (the batch's shape is task.seq_len whatever the tokenizer). One example per device per
+microbatch: train.microbatches = global batch / devices. Rows append to --out (JSON lines) as
+they end; a row already there (same preset, N, target, settings) is skipped: it resumes.
 """
 
 from __future__ import annotations
