@@ -14,6 +14,7 @@ tensor axis. `main` calls it after `jax.distributed.initialize` (which must come
 anything touches a device) and before compiling.
 """
 
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -23,6 +24,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 from ml_collections import config_dict
 
 from sleep_lm import parallel, sleep
@@ -403,6 +405,22 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def retired_fields(old: dict, new: dict, config) -> list[str]:
+    """Fields of a workdir's flattened config.json (`old`) that this version no longer has:
+    `model.*` names absent from `config` (flattened: `new`) that its family does not read,
+    e.g. the hybrid's model.width, heads, layers ... that older pretrained presets wrote."""
+    if model_family(config) == MODEL_FAMILY_DEFAULT:
+        known = {field.name for field in dataclasses.fields(ModelConfig)}
+    else:
+        known = {*COMPUTE_OPTIONS, "hf_options"}  # its architecture is the checkpoint's
+    known.add("family")
+    return sorted(
+        field
+        for field in old
+        if field.startswith("model.") and field not in new and field.split(".")[1] not in known
+    )
+
+
 def resume_conflict(
     previous: dict,
     config: config_dict.ConfigDict,
@@ -415,7 +433,15 @@ def resume_conflict(
     (or evaluating) is safe. `hint` ends the line: what to do about it."""
     old = _flatten(previous)
     new = _flatten(json.loads(config.to_json_best_effort()))
-    ignored = RESUMABLE_FIELDS + tuple(allowed)
+    retired = retired_fields(old, new, config)
+    if retired:
+        logging.warning(
+            "ignored: %s of the workdir's config.json (an older version wrote them; "
+            "config.model.family=%r does not read them)",
+            ", ".join(retired),
+            model_family(config),
+        )
+    ignored = RESUMABLE_FIELDS + tuple(allowed) + tuple(retired)
     for field in sorted(set(old) | set(new)):
         if any(field == f or (f.endswith(".") and field.startswith(f)) for f in ignored):
             continue
