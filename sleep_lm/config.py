@@ -387,6 +387,11 @@ RESUMABLE_FIELDS = (
     "task.eval_hops",
     "task.eval_generate",  # --mode=eval also scores generations; training does not read it
     "mesh.",
+    # How the same model is computed (loss and gradients equal to rounding): the per-layer
+    # rematerialisation and the attention kernel. Configs written before them have none.
+    "model.remat_policy",
+    "model.attention_impl",
+    "model.attention_chunk",
     # Where a fresh run's parameters come from: once the workdir has a checkpoint, resuming
     # from it takes precedence and `init` is not read again.
     "init.",

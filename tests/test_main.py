@@ -351,11 +351,13 @@ def test_resume_conflict_names_the_changed_field():
 
 def test_resume_ignores_model_fields_an_older_version_wrote(caplog):
     """Older pretrained presets wrote the hybrid's model.width, heads, ... (a pretrained
-    family does not read them; today's presets have none): such a workdir resumes, with one
-    warning naming them. A field the family reads, missing now, still conflicts."""
+    family does not read them; today's presets have none) and no remat_policy or
+    attention_impl: such a workdir resumes, with one warning naming the fields it ignores.
+    A field the family reads, missing now, still conflicts."""
     config = config_lib.load_config(f"{REPO / 'experiments/gsm_infinite.py'}:tiny")
     previous = json.loads(config.to_json_best_effort())
     previous["model"].update(width=64, heads=4, layers="attn,gdn", positions="learned")
+    config.model.remat_policy, config.model.attention_impl = "full", "auto"
     with caplog.at_level("WARNING"):
         assert config_lib.resume_conflict(previous, config) is None
     (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
