@@ -12,6 +12,10 @@ out), so the same code serves a notebook (``SleepSession``), a server and the ev
 ``spec`` is a ``sleep.SleepSpec`` (passes N, window L, eviction, loop_blocks; its schedule is
 only used by ``streaming_logits`` / ``streaming_loss``).
 
+Modules: ``state`` (SessionState, init_state, window_full), ``stream`` (feed, decode_step,
+sleep), ``generate``, ``sequence`` (Algorithm 1 streamed: streaming_logits, streaming_loss,
+evaluate), ``session`` (SleepSession).
+
 Streaming semantics. The token stream is cut into windows of at most L tokens. Within a
 window every token gets one *wake* pass (``decode_step``, or a chunked wake inside ``feed``)
 that reads the state at the window start plus the window's earlier tokens (attention over
