@@ -27,7 +27,7 @@ import numpy as np
 from absl import logging
 from ml_collections import config_dict
 
-from sleep_lm import parallel, sleep
+from sleep_lm import compile_targets, parallel, sleep
 from sleep_lm.model.config import (
     ATTENTION_IMPLS,
     COMPUTE_OPTIONS,
@@ -551,23 +551,21 @@ def default_mesh_config() -> config_dict.ConfigDict:
 
 def default_compile_config() -> config_dict.ConfigDict:
     """`config.compile` defaults: `target` of `--mode=compile` ("" = none; e.g. "v5e-32",
-    "h100-8"; sleep_lm.aot lists the names)."""
+    "h100-8"; sleep_lm.compile_targets lists the names)."""
     return config_dict.ConfigDict({"target": ""})
 
 
 def compile_target(config):
-    """The `sleep_lm.aot.Target` of `config.compile.target`; None when it is "" (or the
+    """The `compile_targets.Target` of `config.compile.target`; None when it is "" (or the
     config has no `compile` section). Raises ConfigError naming the field for a bad name."""
-    from sleep_lm import aot
-
     name = (config.get("compile", None) or {}).get("target", "")
     if not isinstance(name, str):
         raise ConfigError(f"config.compile.target must be a string (got {name!r})")
     if not name:
         return None
     try:
-        return aot.parse_target(name)
-    except aot.TargetError as e:
+        return compile_targets.parse_target(name)
+    except compile_targets.TargetError as e:
         raise ConfigError(str(e)) from None
 
 
