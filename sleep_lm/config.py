@@ -14,6 +14,7 @@ tensor axis. `main` calls it after `jax.distributed.initialize` (which must come
 anything touches a device) and before compiling.
 """
 
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -23,9 +24,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 from ml_collections import config_dict
 
-from sleep_lm import parallel, sleep
+from sleep_lm import compile_targets, parallel, sleep
 from sleep_lm.model.config import (
     ATTENTION_IMPLS,
     COMPUTE_OPTIONS,
@@ -385,6 +387,11 @@ RESUMABLE_FIELDS = (
     "task.eval_hops",
     "task.eval_generate",  # --mode=eval also scores generations; training does not read it
     "mesh.",
+    # How the same model is computed (loss and gradients equal to rounding): the per-layer
+    # rematerialisation and the attention kernel. Configs written before them have none.
+    "model.remat_policy",
+    "model.attention_impl",
+    "model.attention_chunk",
     # Where a fresh run's parameters come from: once the workdir has a checkpoint, resuming
     # from it takes precedence and `init` is not read again.
     "init.",
@@ -403,6 +410,22 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
+def retired_fields(old: dict, new: dict, config) -> list[str]:
+    """Fields of a workdir's flattened config.json (`old`) that this version no longer has:
+    `model.*` names absent from `config` (flattened: `new`) that its family does not read,
+    e.g. the hybrid's model.width, heads, layers ... that older pretrained presets wrote."""
+    if model_family(config) == MODEL_FAMILY_DEFAULT:
+        known = {field.name for field in dataclasses.fields(ModelConfig)}
+    else:
+        known = {*COMPUTE_OPTIONS, "hf_options"}  # its architecture is the checkpoint's
+    known.add("family")
+    return sorted(
+        field
+        for field in old
+        if field.startswith("model.") and field not in new and field.split(".")[1] not in known
+    )
+
+
 def resume_conflict(
     previous: dict,
     config: config_dict.ConfigDict,
@@ -415,7 +438,15 @@ def resume_conflict(
     (or evaluating) is safe. `hint` ends the line: what to do about it."""
     old = _flatten(previous)
     new = _flatten(json.loads(config.to_json_best_effort()))
-    ignored = RESUMABLE_FIELDS + tuple(allowed)
+    retired = retired_fields(old, new, config)
+    if retired:
+        logging.warning(
+            "ignored: %s of the workdir's config.json (an older version wrote them; "
+            "config.model.family=%r does not read them)",
+            ", ".join(retired),
+            model_family(config),
+        )
+    ignored = RESUMABLE_FIELDS + tuple(allowed) + tuple(retired)
     for field in sorted(set(old) | set(new)):
         if any(field == f or (f.endswith(".") and field.startswith(f)) for f in ignored):
             continue
@@ -520,23 +551,21 @@ def default_mesh_config() -> config_dict.ConfigDict:
 
 def default_compile_config() -> config_dict.ConfigDict:
     """`config.compile` defaults: `target` of `--mode=compile` ("" = none; e.g. "v5e-32",
-    "h100-8"; sleep_lm.aot lists the names)."""
+    "h100-8"; sleep_lm.compile_targets lists the names)."""
     return config_dict.ConfigDict({"target": ""})
 
 
 def compile_target(config):
-    """The `sleep_lm.aot.Target` of `config.compile.target`; None when it is "" (or the
+    """The `compile_targets.Target` of `config.compile.target`; None when it is "" (or the
     config has no `compile` section). Raises ConfigError naming the field for a bad name."""
-    from sleep_lm import aot
-
     name = (config.get("compile", None) or {}).get("target", "")
     if not isinstance(name, str):
         raise ConfigError(f"config.compile.target must be a string (got {name!r})")
     if not name:
         return None
     try:
-        return aot.parse_target(name)
-    except aot.TargetError as e:
+        return compile_targets.parse_target(name)
+    except compile_targets.TargetError as e:
         raise ConfigError(str(e)) from None
 
 

@@ -349,6 +349,31 @@ def test_resume_conflict_names_the_changed_field():
     assert message.startswith("config.sleep.passes=3 differs from the value the checkpoints")
 
 
+def test_resume_ignores_model_fields_an_older_version_wrote(caplog):
+    """Older pretrained presets wrote the hybrid's model.width, heads, ... (a pretrained
+    family does not read them; today's presets have none) and no remat_policy or
+    attention_impl: such a workdir resumes, with one warning naming the fields it ignores.
+    A field the family reads, missing now, still conflicts."""
+    config = config_lib.load_config(f"{REPO / 'experiments/gsm_infinite.py'}:tiny")
+    previous = json.loads(config.to_json_best_effort())
+    previous["model"].update(width=64, heads=4, layers="attn,gdn", positions="learned")
+    config.model.remat_policy, config.model.attention_impl = "full", "auto"
+    with caplog.at_level("WARNING"):
+        assert config_lib.resume_conflict(previous, config) is None
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "model.heads, model.layers, model.positions, model.width" in warning
+    del config.model["chunk_size"]  # a compute setting load_hf passes on
+    message = config_lib.resume_conflict(previous, config)
+    assert message.startswith("config.model.chunk_size='<unset>' differs")
+    # The hybrid reads every ModelConfig field: only names it has not got are ignored.
+    config = experiment_config("smoke")
+    previous = json.loads(config.to_json_best_effort())
+    previous["model"]["retired_knob"] = 1
+    assert config_lib.resume_conflict(previous, config) is None
+    del config.model["conv_size"]
+    assert config_lib.resume_conflict(previous, config).startswith("config.model.conv_size=")
+
+
 def test_held_out_set_is_fixed_across_seeds_and_old_runs_resume():
     """train.eval_seed: one held-out set for every `seed` by default; -1 (or a config.json
     written before the field) ties it to `seed`; such an old run still resumes."""

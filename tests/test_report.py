@@ -10,6 +10,7 @@ from sweep_fake_main import fake_accuracy
 from test_sweep import TINY_CONFIG, run_sweep
 
 from sleep_lm import report
+from sleep_lm.report import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -206,9 +207,9 @@ def test_seeds_are_aggregated_and_chance_is_drawn(tmp_path, monkeypatch):
             name = f"passes{passes}_steps{steps}_seed{seed}"
             write_run(tmp_path / "root" / name, rule110_config(passes, steps, seed), records)
     drawn = []
-    real_draw = report._draw_chance
+    real_draw = plots.draw_chance
     monkeypatch.setattr(
-        report, "_draw_chance", lambda ax, level, **kw: drawn.append(level) or real_draw(ax, level)
+        plots, "draw_chance", lambda ax, level, **kw: drawn.append(level) or real_draw(ax, level)
     )
     out = tmp_path / "out"
     text = report.write_report([str(tmp_path / "root")], out).read_text()
@@ -238,7 +239,7 @@ def test_seeds_are_aggregated_and_chance_is_drawn(tmp_path, monkeypatch):
     # split lines by seed.
     loaded = [report.load_run(p) for p in report.find_runs([tmp_path / "root"])]
     assert "seed" in report.varying_fields(loaded)
-    assert report._group_fields(loaded, report.difficulties(loaded, "accuracy")) == []
+    assert report.group_fields(loaded, report.difficulties(loaded, "accuracy")) == []
     assert report.spread([1.0, math.nan, 3.0]) == (2.0, 1.0, 3.0)
 
 
@@ -272,6 +273,8 @@ def test_checkpoint_evals_at_other_n_make_a_trained_by_test_table(tmp_path):
     assert report.main([str(tmp_path), "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     section = text[text.index("Sleeping longer") :]
+    intro = section.split("\n", 1)[0]
+    assert intro.endswith("mean [min, max] over seeds, with the number of seeds in parentheses.")
     rows = table_rows(section)
     assert rows[0] == ["trained N", "test N = 1", "test N = 2", "test N = 4"]
     assert rows[2] == [

@@ -94,14 +94,21 @@ def hf_layout(abstract_params) -> dict[str, tuple[tuple[str, ...], tuple[int, ..
 # ------------------------------------------------------------------------------ files
 
 
-def read_config(path) -> dict:
-    """config.json of checkpoint directory `path` (ValueError if missing or unreadable)."""
+def checkpoint_file(path, name: str) -> str:
+    """The path of file `name` in checkpoint directory `path` (ValueError if either is
+    missing)."""
     path = os.path.expanduser(os.fspath(path))
     if not os.path.isdir(path):
         raise ValueError(f"checkpoint directory {path!r} does not exist")
-    file = os.path.join(path, CONFIG)
+    file = os.path.join(path, name)
     if not os.path.isfile(file):
-        raise ValueError(f"checkpoint directory {path!r} has no {CONFIG}")
+        raise ValueError(f"checkpoint directory {path!r} has no {name}")
+    return file
+
+
+def read_config(path) -> dict:
+    """config.json of checkpoint directory `path` (ValueError if missing or unreadable)."""
+    file = checkpoint_file(path, CONFIG)
     try:
         with open(file) as f:
             config = json.load(f)

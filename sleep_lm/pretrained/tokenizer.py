@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import os
+from sleep_lm.pretrained.hf import checkpoint_file
 
 TOKENIZER = "tokenizer.json"
 
@@ -15,10 +15,4 @@ def load_tokenizer(path):
     """
     from tokenizers import Tokenizer
 
-    path = os.path.expanduser(os.fspath(path))
-    if not os.path.isdir(path):
-        raise ValueError(f"checkpoint directory {path!r} does not exist")
-    file = os.path.join(path, TOKENIZER)
-    if not os.path.isfile(file):
-        raise ValueError(f"checkpoint directory {path!r} has no {TOKENIZER}")
-    return Tokenizer.from_file(file)
+    return Tokenizer.from_file(checkpoint_file(path, TOKENIZER))

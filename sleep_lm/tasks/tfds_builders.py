@@ -181,6 +181,22 @@ class _TaskBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, examples):
         yield from examples
 
+    def _split_generators(self, dl_manager):
+        """train, test, and the per-difficulty test splits of ``_difficulty_batches``."""
+        config = self.builder_config
+        task = config.task()
+        splits = {
+            "train": _train_examples(task, config),
+            "test": _rows(task, task.eval_batch(config.test_size, config.seed), 0),
+        }
+        for name, batch in self._difficulty_batches(task, config).items():
+            splits[name] = _rows(task, batch, 0)
+        return {name: self._generate_examples(rows) for name, rows in splits.items()}
+
+    def _difficulty_batches(self, task, config) -> dict[str, dict]:
+        """{split name: eval batch at one difficulty}; none by default."""
+        return {}
+
 
 class Rule110Builder(_TaskBuilder):
     """`rule110/t{T}`: train and test splits of the Rule 110 task at depth T."""
@@ -195,15 +211,6 @@ class Rule110Builder(_TaskBuilder):
             "sleep_lm.tasks.rule110.",
             self._features(config.task()),
         )
-
-    def _split_generators(self, dl_manager):
-        config = self.builder_config
-        task = config.task()
-        test = task.eval_batch(config.test_size, config.seed)
-        return {
-            "train": self._generate_examples(_train_examples(task, config)),
-            "test": self._generate_examples(_rows(task, test, 0)),
-        }
 
 
 class DepoBuilder(_TaskBuilder):
@@ -227,19 +234,11 @@ class DepoBuilder(_TaskBuilder):
             features,
         )
 
-    def _split_generators(self, dl_manager):
-        config = self.builder_config
-        task = config.task()
-        splits = {
-            "train": self._generate_examples(_train_examples(task, config)),
-            "test": self._generate_examples(
-                _rows(task, task.eval_batch(config.test_size, config.seed), 0)
-            ),
+    def _difficulty_batches(self, task, config) -> dict[str, dict]:
+        return {
+            f"test_k{k}": task.eval_batch(config.test_size, config.seed, hops=k)
+            for k in config.test_hops
         }
-        for k in config.test_hops:
-            batch = task.eval_batch(config.test_size, config.seed, hops=k)
-            splits[f"test_k{k}"] = self._generate_examples(_rows(task, batch, 0))
-        return splits
 
 
 @dataclasses.dataclass(eq=False)
@@ -296,19 +295,11 @@ class GsmInfiniteBuilder(_TaskBuilder):
             features,
         )
 
-    def _split_generators(self, dl_manager):
-        config = self.builder_config
-        task = config.task()
-        splits = {
-            "train": self._generate_examples(_train_examples(task, config)),
-            "test": self._generate_examples(
-                _rows(task, task.eval_batch(config.test_size, config.seed), 0)
-            ),
+    def _difficulty_batches(self, task, config) -> dict[str, dict]:
+        return {
+            f"test_op{k}": task.eval_batch(config.test_size, config.seed, op=k)
+            for k in task.eval_ops
         }
-        for k in task.eval_ops:
-            batch = task.eval_batch(config.test_size, config.seed, op=k)
-            splits[f"test_op{k}"] = self._generate_examples(_rows(task, batch, 0))
-        return splits
 
 
 # ----------------------------------------------------------------------------- reading
