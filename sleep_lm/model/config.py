@@ -121,9 +121,6 @@ class Config:
             value = getattr(self, field.name)
             if allowed is not None and not _valid(value, allowed):
                 raise self.bad(field.name, allowed, value)
-        if getattr(self, "attention_impl", None) == "cudnn" and self.dtype != "bfloat16":
-            # cuDNN's fused attention takes bfloat16 / float16 only.
-            raise self.bad("attention_impl", '"cudnn" only with dtype="bfloat16"', "cudnn")
         self.check()
 
     def bad(self, field: str, allowed, got) -> ValueError:
@@ -146,7 +143,38 @@ class Config:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(Config):
+class ComputeConfig(Config):
+    """The compute settings every model config has (``COMPUTE_OPTIONS``): how the model is
+    computed, not what it computes (the values agree to float rounding under each).
+
+    Attributes:
+      gdn_impl: ops implementation of the fast-weight rule ("chunked" | "recurrent";
+        ModelConfig also "associative": linear rule only).
+      chunk_size: chunk length for gdn_impl="chunked".
+      gdn_precision: matmul precision inside the GDN op (a name of ops.PRECISIONS).
+      dtype: compute dtype name; parameters and fast weights are always float32.
+      remat_policy: per-layer rematerialisation in the backward (model/block.py).
+      attention_impl: attention kernel (model/attention.py's dot_product_attention).
+      attention_chunk: queries per chunk of attention_impl="chunked".
+    """
+
+    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
+    chunk_size: int = positive(64)
+    gdn_precision: str = one_of("highest", PRECISIONS)
+    dtype: str = one_of("float32", DTYPES)
+    remat_policy: str = one_of("none", REMAT_POLICIES)
+    attention_impl: str = one_of("auto", ATTENTION_IMPLS)
+    attention_chunk: int = positive(512)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            # cuDNN's fused attention takes bfloat16 / float16 only.
+            raise self.bad("attention_impl", '"cudnn" only with dtype="bfloat16"', "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(ComputeConfig):
     """The from-scratch hybrid's hyper-parameters (``config.model``).
 
     Attributes:
@@ -160,15 +188,9 @@ class ModelConfig(Config):
       conv_size: taps of GDN's short convolution on q, k, v and of Jet's dynamic one on v.
       positions: "learned" (absolute table added to the embeddings), "none", or "rope"
         (rotary over global positions on attention and GDN q, k; model/positions.py).
-      gdn_impl: ops implementation ("chunked" | "recurrent"; "associative": linear only).
-      chunk_size: chunk length for gdn_impl="chunked".
-      gdn_precision: matmul precision inside the GDN op (a name of ops.PRECISIONS).
-      dtype: compute dtype name; parameters and fast weights are always float32.
-      remat_policy: per-layer rematerialisation in the backward (model/block.py).
-      attention_impl: attention kernel (model/attention.py's dot_product_attention).
-      attention_chunk: queries per chunk of attention_impl="chunked".
       jet_expand_v: Jet value head size = head_dim * jet_expand_v (an integer).
       jet_generator_reduction: Jet kernel generator hidden = heads * value size // this.
+      ComputeConfig's compute settings; gdn_impl here also "associative" (linear rule only).
     """
 
     width: int = positive(64)
@@ -179,12 +201,6 @@ class ModelConfig(Config):
     conv_size: int = positive(4)
     positions: str = one_of("learned", POSITIONS)
     gdn_impl: str = one_of("chunked", GDN_IMPLS)
-    chunk_size: int = positive(64)
-    gdn_precision: str = one_of("highest", PRECISIONS)
-    dtype: str = one_of("float32", DTYPES)
-    remat_policy: str = one_of("none", REMAT_POLICIES)
-    attention_impl: str = one_of("auto", ATTENTION_IMPLS)
-    attention_chunk: int = positive(512)
     jet_expand_v: float = 2.0
     jet_generator_reduction: int = positive(8)
 
@@ -265,13 +281,11 @@ class ModelConfig(Config):
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig(Config):
+class DecoderConfig(ComputeConfig):
     """Fields every pretrained decoder family shares (Qwen2Config, OuroConfig), with
     Hugging Face names' meaning: vocab_size, width (hidden_size), heads, kv_heads (heads a
     multiple), head_dim (even: RoPE rotates pairs), rope_theta, norm_eps (rms_norm_eps);
-    the Jet layers' shape ``jet_*`` (model/jet.py's JetConfig) and ops settings
-    (gdn_impl, chunk_size, gdn_precision); dtype (compute; parameters are float32);
-    remat_policy, attention_impl, attention_chunk (as ModelConfig's);
+    the Jet layers' shape ``jet_*`` (model/jet.py's JetConfig); ComputeConfig's settings;
     hf_extra (config.json keys the family does not model, as JSON text, written back on
     export). A family redeclares a field to change its default."""
 
@@ -288,13 +302,6 @@ class DecoderConfig(Config):
     jet_conv_size: int = positive(4)
     jet_generator_reduction: int = positive(8)
     jet_norm_eps: float = number(1e-5)
-    gdn_impl: str = one_of("chunked", DELTA_IMPLS)
-    chunk_size: int = positive(64)
-    gdn_precision: str = one_of("highest", PRECISIONS)
-    dtype: str = one_of("float32", DTYPES)
-    remat_policy: str = one_of("none", REMAT_POLICIES)
-    attention_impl: str = one_of("auto", ATTENTION_IMPLS)
-    attention_chunk: int = positive(512)
     hf_extra: str = json_object()
 
     mlp_gated: ClassVar[bool] = True  # SwiGLU: gate_proj, up_proj, down_proj
