@@ -61,12 +61,13 @@ the prompt with distractors to a length drawn in task.length_range), held out 20
 (the paper's fine-tuning
 values), compute in bfloat16 (parameters and optimiser state float32), every device on the
 `fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch and
-eval_size must be multiples of the device count), `sleep.remat=pass`. Memory
-(benchmarks/RESULTS.md, "Memory plan", XLA:CPU buffer assignment): 50-73 GiB of
-temporaries per example for ouro_sliding and jet, so one example per 80-141 GB device (ouro
-at L = 2000: 169-216 GiB, no current chip without a sequence split); the global batch of 256 is
-accumulated over train.microbatches = 32 slices (one example per device per slice on 8
-devices; --config.train.microbatches=256/n on n devices, and eval steps take one slice).
+eval_size must be multiples of the device count), `sleep.remat=pass`, every layer
+rematerialised (`model.remat_policy=full`) and attention in 512-query chunks
+(`model.attention_impl=auto`). Memory (benchmarks/RESULTS.md, "Memory plan with the real
+compilers", `--mode=compile`): ouro at N = 4 takes 41.5 GiB on one H100, 13.8 GiB per device
+on 8; the global batch of 256 is accumulated over train.microbatches = 32 slices (one
+example per device per slice on 8 devices; --config.train.microbatches=256/n on n devices,
+and eval steps take one slice).
 Open choices, ours: 1000 steps, a 20-step warm-up then
 constant rates, clipping 1.0, no weight decay. Warming a sliding run up from a hard-eviction
 run (init.from_checkpoint) is not possible yet for a pretrained family: it needs
