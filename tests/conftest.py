@@ -1,12 +1,37 @@
-"""Suite-wide: with SLEEP_LM_TOLERANCE_AUDIT=FILE set, every chex.assert_trees_all_close and
-np.testing.assert_allclose records how close it ran to its tolerance (tests/tolerance.py)."""
+"""Suite-wide:
+
+- With SLEEP_LM_TOLERANCE_AUDIT=FILE set, every chex.assert_trees_all_close and
+  np.testing.assert_allclose records how close it ran to its tolerance (tests/tolerance.py).
+- One JAX compilation cache for this run only: a fresh temporary directory, made when the
+  suite starts and deleted when it ends (nothing carries over to the next run). Processes the
+  tests start (`python -m sleep_lm.main`, the 8-device pytest) inherit it through the
+  environment, so that a program compiled once in the run (the same train step in several
+  CLI runs, the reference run and a resumed run) is not compiled again. The cache is keyed
+  on the program, the devices and XLA_FLAGS, and a hit loads the executable the compiler
+  made for it: results are the same bits. SLEEP_LM_SUITE_JAX_CACHE=off runs without it.
+"""
 
 import functools
 import os
+import shutil
+import tempfile
 
-import chex
-import jax
-import numpy as np
+# Before jax is imported (jax reads JAX_COMPILATION_CACHE_DIR then). A pytest started by a
+# test (tests/eight_devices.py) finds SUITE_CACHE set and shares the run's cache.
+SUITE_CACHE = "SLEEP_LM_SUITE_JAX_CACHE"
+_OWN_CACHE = SUITE_CACHE not in os.environ
+if _OWN_CACHE:
+    os.environ[SUITE_CACHE] = tempfile.mkdtemp(prefix="sleep_lm_suite_jax_cache_")
+_USE_CACHE = os.environ[SUITE_CACHE] != "off"
+if _USE_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ[SUITE_CACHE]
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+if _USE_CACHE:
+    jax.config.update("jax_compilation_cache_dir", os.environ[SUITE_CACHE])
 
 try:
     from tests import tolerance
@@ -29,6 +54,11 @@ def _audited(assert_fn, default_rtol, default_atol, positional_tolerances):
         return assert_fn(actual, desired, *args, **kwargs)
 
     return wrapper
+
+
+def pytest_unconfigure(config):
+    if _OWN_CACHE:
+        shutil.rmtree(os.environ.pop(SUITE_CACHE), ignore_errors=True)
 
 
 def pytest_configure(config):

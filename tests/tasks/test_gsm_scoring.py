@@ -99,8 +99,10 @@ def test_greedy_generation_is_the_streaming_path(task):
     """A tiny random model: the session's greedy tokens, fed back as targets of a
     teacher-forced batch in the same layout, are every one the streaming eval's argmax
     (token accuracy 1), so parsed and teacher-forced scores read the same predictions."""
+    # The delta rule as a token scan (session and streaming eval run the same model code;
+    # compiles faster than the chunked form: this test 62 s -> 36 s CPU).
     model = build_model(
-        dict(width=16, heads=2, layers="attn,gdn", mlp_ratio=2, chunk_size=16),
+        dict(width=16, heads=2, layers="attn,gdn", mlp_ratio=2, gdn_impl="recurrent"),
         vocab_size=task.vocab_size,
         max_len=SEQ,
         window=L,
@@ -149,6 +151,10 @@ def test_trainer_eval_equals_streaming_eval(tmp_path):
         "model.heads": 2,
         "model.mlp_ratio": 2,
         "model.layers": "attn,gdn",
+        # The delta rule as a token scan: both evals run the same model code either way,
+        # and the scan compiles faster than the chunked form (this test's CPU time 71 s ->
+        # 50 s; the chunked form against streaming: tests/test_inference.py).
+        "model.gdn_impl": "recurrent",
         "sleep.passes": 2,
         "train.steps": 1,
         "train.batch_size": 4,
