@@ -26,8 +26,16 @@ Sweep N in {1, 2, 4} (`get_sweep`), then the report:
   python -m sleep_lm.sweep --config=experiments/depo.py --workdir=/tmp/depo_sweep
   python -m sleep_lm.report /tmp/depo_sweep --out /tmp/depo_sweep/report
 
+A Depo that learns on 2 CPU cores (`learns`: repro3 with cycles of 3..6 nodes in one window,
+8 queries, hops 1..4; N = 1, 2, 4, 600 steps each; results/README.md, "A Depo that learns"):
+
+  nohup bash results/run_depo_learns.sh &      # sweep, test-time N evals, report
+
 The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `smoke`,
-`passes=N` (sleep.passes), e.g. `--config=experiments/depo.py:smoke,passes=2`.
+`repro3`, `learns`, `passes=N` (sleep.passes), and, to calibrate `learns`, the sizes
+`nodes=` (task.max_nodes), `names=` (task.num_names), `queries=` (task.num_queries),
+`width=` (model.width), `train_steps=` (train.steps), e.g.
+`--config=experiments/depo.py:learns,nodes=12,passes=2`.
 """
 
 from ml_collections import config_dict
@@ -39,8 +47,20 @@ from sleep_lm.config import (
     parse_arg,
 )
 
-_ARG_DEFAULTS = {"smoke": False, "repro3": False, "passes": -1}
+_ARG_DEFAULTS = {
+    "smoke": False,
+    "repro3": False,
+    "learns": False,
+    "passes": -1,
+    # `learns` sizes (results/README.md, "A Depo that learns"); -1 = the preset's value.
+    "nodes": -1,
+    "names": -1,
+    "queries": -1,
+    "width": -1,
+    "train_steps": -1,
+}
 REPRO3_STEPS = 400  # Fig. 3 analogue (results/README.md)
+LEARNS_STEPS = 600  # "A Depo that learns" (results/README.md)
 
 
 def get_config(arg: str | None = None) -> config_dict.ConfigDict:
@@ -127,7 +147,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # --mode=compile's target (README "Will it fit?"): e.g. v5e-32, h100-8; "" = none.
     config.compile = default_compile_config()
 
-    if arg.smoke or arg.repro3:
+    if arg.smoke or arg.repro3 or arg.learns:
         # CPU-minutes preset: short hops, small model and batch. It exercises the whole
         # pipeline (per-k eval included); learning Depo takes far longer than a smoke run.
         config.task.max_hops = 4
@@ -147,7 +167,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.train.eval_size = 64
         config.train.checkpoint_every = 50
 
-    if arg.repro3:
+    if arg.repro3 or arg.learns:
         # Fig. 3 analogue at laptop scale: cycles of 3..12 nodes from a pool of 24 names, so
         # the 48 edge tokens fill two windows of L = 24 and 4 queries (24 tokens) the third;
         # hops 1..8 in training, eval at k = 1, 2, 4, 8.
@@ -164,6 +184,25 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
         config.train.checkpoint_every = 50
         config.train.keep_checkpoints = 1
 
+    if arg.learns:
+        # repro3 made smaller until N = 1 learns k = 1 on 2 CPU cores (results/README.md, "A
+        # Depo that learns", calibration.jsonl): hops 1..4 (eval k = 1, 2, 4); the sizes
+        # below are the calibrated ones, each overridable by an argument for calibration.
+        config.task.max_nodes = 6  # cycles of 3..6 nodes: the 24 edge tokens fill one window
+        config.task.num_queries = 8  # 48 query tokens: two wake windows
+        config.task.max_hops = 4
+        config.task.eval_hops = (1, 2, 4)
+        config.train.steps = LEARNS_STEPS
+    if arg.nodes > 0:
+        config.task.max_nodes = arg.nodes
+    if arg.names > 0:
+        config.task.num_names = arg.names
+    if arg.queries > 0:
+        config.task.num_queries = arg.queries
+    if arg.width > 0:
+        config.model.width = arg.width
+    if arg.train_steps > 0:
+        config.train.steps = arg.train_steps
     if arg.passes >= 0:
         config.sleep.passes = arg.passes
     return config
@@ -175,6 +214,11 @@ def get_sweep(arg: str | None = None) -> list[dict]:
 
       python -m sleep_lm.sweep --config=experiments/depo.py:repro3 --workdir=results/repro3
       python -m sleep_lm.report results/repro3 --out results/repro3/report
+
+    A Depo that learns (results/run_depo_learns.sh; evaluated per k = 1, 2, 4 in each run):
+
+      python -m sleep_lm.sweep --config=experiments/depo.py:learns --workdir=results/depo_learns
+      python -m sleep_lm.report results/depo_learns --out results/depo_learns/report
     """
     del arg
     return [{"sleep.passes": n} for n in (1, 2, 4)]
