@@ -43,7 +43,9 @@ def summarise(workdir: Path) -> dict:
         "chance_loss": chance["loss"],
         # "any node of the cycle but x": what a model gets at k = 1 without retrieval.
         "not_x_token_accuracy_k1": sum(1 / (n - 1) for n in sizes) / len(sizes),
-        "eval_token_accuracy_k1": {r["step"]: round(r["eval/token_accuracy@k=1"], 4) for r in evals},
+        "eval_token_accuracy_k1": {
+            r["step"]: round(r["eval/token_accuracy@k=1"], 4) for r in evals
+        },
         "eval_loss_k1": {r["step"]: round(r["eval/loss@k=1"], 3) for r in evals},
         "first_event_file": events[0].name if events else None,
     }
