@@ -28,6 +28,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from sleep_lm import compile_targets, parallel, sleep
+from sleep_lm.dotted import flatten
 from sleep_lm.model.config import (
     ATTENTION_IMPLS,
     COMPUTE_OPTIONS,
@@ -400,16 +401,6 @@ RESUMABLE_FIELDS = (
 )
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def retired_fields(old: dict, new: dict, config) -> list[str]:
     """Fields of a workdir's flattened config.json (`old`) that this version no longer has:
     `model.*` names absent from `config` (flattened: `new`) that its family does not read,
@@ -436,8 +427,8 @@ def resume_conflict(
     checkpoints were trained with (`previous`, its config.json), ignoring RESUMABLE_FIELDS
     and `allowed` (field names; a name ending in "." covers a section); None when resuming
     (or evaluating) is safe. `hint` ends the line: what to do about it."""
-    old = _flatten(previous)
-    new = _flatten(json.loads(config.to_json_best_effort()))
+    old = flatten(previous)
+    new = flatten(json.loads(config.to_json_best_effort()))
     retired = retired_fields(old, new, config)
     if retired:
         logging.warning(
@@ -463,7 +454,7 @@ def eval_overrides(text: str, config: config_dict.ConfigDict) -> tuple[str, ...]
     """The fields `--eval_overrides` names ("sleep.passes,task.steps"): config fields that
     `--mode=eval` may set to other values than the run was trained with (e.g. to evaluate at
     another N or depth). Raises ConfigError (one line) for a name that is not a field."""
-    fields = _flatten(json.loads(config.to_json_best_effort()))
+    fields = flatten(json.loads(config.to_json_best_effort()))
     names = tuple(name.strip().removeprefix("config.") for name in text.split(",") if name.strip())
     for name in names:
         if name not in fields:

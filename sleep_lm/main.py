@@ -147,10 +147,10 @@ def eval_record(step: int, metrics: dict, config, previous: dict, overrides, mod
     """An eval record: the checkpoint's step, the metrics, the task / model / sleep sections
     the checkpoint was evaluated under (`model`: see `evaluated_model`), and
     {field: {"trained": ..., "evaluated": ...}} for the fields of --eval_overrides."""
-    from sleep_lm.config import _flatten
+    from sleep_lm.dotted import flatten
 
     resolved = json.loads(config.to_json_best_effort())
-    old, new = _flatten(previous), _flatten(resolved)
+    old, new = flatten(previous), flatten(resolved)
     sections = {name: resolved[name] for name in ("task", "model", "sleep") if name in resolved}
     if model is not None:
         sections["model"] = evaluated_model(config, model)

@@ -7,6 +7,8 @@ import math
 import re
 from pathlib import Path
 
+from sleep_lm.dotted import flatten
+
 # Task fields that set an example's difficulty (lines/panels of the plots), by task name.
 DIFFICULTY_FIELDS = {"rule110": ("task.steps", "t"), "depo": ("task.hops", "k")}
 PASSES = "sleep.passes"
@@ -34,16 +36,6 @@ class Run:
     @property
     def passes(self):
         return self.config.get(PASSES)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def _number(value) -> float:
