@@ -135,11 +135,6 @@ def _validate_model(config) -> None:
     _choice(config, "model.gdn_precision", PRECISIONS)
     _choice(config, "model.dtype", DTYPES)
     _choice(config, "model.positions", POSITIONS)
-    for field, allowed in (("remat_policy", REMAT_POLICIES), ("attention_impl", ATTENTION_IMPLS)):
-        if config.model.get(field, None) is not None:  # optional: older configs lack them
-            _choice(config, f"model.{field}", allowed)
-    if config.model.get("attention_chunk", None) is not None:
-        _int(config, "model.attention_chunk", 1)
     # Jet-layer fields are optional: configs without jet layers need not set them.
     if config.model.get("jet_expand_v", None) is not None:
         _float(config, "model.jet_expand_v", 0.0, strict=True)
