@@ -78,9 +78,7 @@ def main() -> None:
         tiny.write_tiny(tmp, family="ouro", seed=0)
         config = _config(tmp, args)
         components = run.build_components(config)
-        _, params = load_hf(
-            tmp, window=config.sleep.window, **pretrained_options(config)
-        )
+        _, params = load_hf(tmp, window=config.sleep.window, **pretrained_options(config))
     task, model, spec = components.task, components.model, components.spec
     sets = eval_sets(task, args.batch, eval_seed(config))
     batch = next(iter(sets.values()))
