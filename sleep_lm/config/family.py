@@ -8,15 +8,13 @@ from ml_collections import config_dict
 
 from sleep_lm.config.fields import ConfigError, _choice, _float, _get, _int
 from sleep_lm.model.config import (
-    ATTENTION_IMPLS,
     COMPUTE_OPTIONS,
-    DELTA_IMPLS,
     DTYPES,
     GDN_IMPLS,
     LAYER_KINDS,
     POSITIONS,
-    REMAT_POLICIES,
     RULES,
+    ComputeConfig,
     ModelConfig,
 )
 from sleep_lm.ops import PRECISIONS
@@ -26,20 +24,23 @@ def layer_types(layers: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in layers.split(","))
 
 
+def _compute_settings(config) -> dict:
+    """The compute settings (COMPUTE_OPTIONS) that `config.model` sets, by name."""
+    return {
+        name: config.model[name]
+        for name in COMPUTE_OPTIONS
+        if config.model.get(name, None) is not None
+    }
+
+
 def _validate_compute(config) -> None:
     """A pretrained family's `model.*`: only the compute settings load_hf passes on (the
-    architecture is the checkpoint's config.json), each optional."""
-    for field, check in (
-        ("dtype", lambda f: _choice(config, f, DTYPES)),
-        ("gdn_impl", lambda f: _choice(config, f, DELTA_IMPLS)),
-        ("chunk_size", lambda f: _int(config, f, 1)),
-        ("gdn_precision", lambda f: _choice(config, f, PRECISIONS)),
-        ("remat_policy", lambda f: _choice(config, f, REMAT_POLICIES)),
-        ("attention_impl", lambda f: _choice(config, f, ATTENTION_IMPLS)),
-        ("attention_chunk", lambda f: _int(config, f, 1)),
-    ):
-        if config.model.get(field, None) is not None:
-            check(f"model.{field}")
+    architecture is the checkpoint's config.json), each optional. ComputeConfig, which every
+    family's config derives from, holds their allowed values and checks them."""
+    try:
+        ComputeConfig(**_compute_settings(config))
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
 
 
 def _validate_model(config) -> None:
@@ -91,11 +92,7 @@ def pretrained_options(config) -> dict:
     """load_hf options from `config`: the compute settings of `config.model` every family
     takes, `model.hf_options` (a dict of family-specific options, e.g. Ouro's sleep_loops)
     and `seed` (of the layers a family inserts, e.g. Ouro's Jet layers)."""
-    options = {
-        name: config.model[name]
-        for name in COMPUTE_OPTIONS
-        if config.model.get(name, None) is not None
-    }
+    options = _compute_settings(config)
     options.update(dict(config.model.get("hf_options", None) or {}))
     options["seed"] = config.get("seed", 0)
     return options
