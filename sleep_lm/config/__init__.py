@@ -7,7 +7,7 @@ fields of experiments/*.py (see README "Config reference"); the task's own const
 its fields (`get_task` raises ValueError naming `task.<field>`), and the model's builder
 checks anything model-specific this package does not know about.
 
-The mesh (`config.mesh`, see sleep_lm/parallel.py) is checked in two steps: `validate`
+The mesh (`config.mesh`, see sleep_lm/parallel/) is checked in two steps: `validate`
 checks what needs no device (sizes, rules); `validate_mesh(config, num_devices)` checks the
 sizes against the devices, the batch against the batch axes and the heads against the
 tensor axis. `main` calls it after `jax.distributed.initialize` (which must come before
