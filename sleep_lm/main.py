@@ -36,7 +36,7 @@ A record holds the checkpoint's step, the metrics, the resolved `task`, `model` 
 sections evaluated under (for a pretrained family, `model` is the checkpoint's architecture),
 and each overridden field's trained and evaluated value.
 
-Devices: `config.mesh` (data, fsdp, tensor; see sleep_lm/parallel.py) lays the run out on
+Devices: `config.mesh` (data, fsdp, tensor; see sleep_lm/parallel/) lays the run out on
 all devices; the mesh is checked against the device count before compiling. Multi-host:
 every host runs this same command; `--distributed=on` starts JAX's multi-controller runtime
 (TPU pods, and GPU clusters under `srun`, are detected by JAX), or pass

@@ -1,4 +1,4 @@
-"""Mesh, logical rules and multi-host setup (sleep_lm/parallel.py, config.validate_mesh), and
+"""Mesh, logical rules and multi-host setup (sleep_lm/parallel/, config.validate_mesh), and
 end to end on 8 simulated CPU devices: the same losses as on one device, and checkpoints
 resumed under other meshes (8 devices -> 1 -> 4).
 

@@ -18,7 +18,7 @@ these positions, so the slot order never matters and a streaming decoder can wri
 token at a time into a fixed-size buffer (static shapes under jit).
 
 Sharding: ``constrain`` pins each state array to its logical axes (``batch`` and ``heads``,
-mapped to mesh axes by ``config.mesh.rules``; see sleep_lm/parallel.py). Outside a
+mapped to mesh axes by ``config.mesh.rules``; see sleep_lm/parallel/). Outside a
 ``parallel.sharding_context`` (one device, tests, inference) it returns its input.
 """
 
@@ -48,7 +48,7 @@ class KVCache(NamedTuple):
     positions: jax.Array  # [batch, cache_len] int32 global position per slot; -1 = empty
 
 
-# Logical axes of each state array (names of sleep_lm/parallel.py's rules table). The
+# Logical axes of each state array (names of sleep_lm/parallel's rules table). The
 # conv tail's channels are q|k|v concatenated, not head-major, so they are not split.
 FAST_WEIGHT_AXES = FastWeightState(
     fast_weights=("batch", "heads", "kv", None), conv_tail=("batch", None, None)

@@ -22,7 +22,7 @@ same order as an uninterrupted one and resuming from a checkpoint reproduces it.
 several hosts each host samples that same global batch and keeps its rows
 (`batch_for_step`), so the data does not depend on the number of hosts or devices.
 
-Devices (sleep_lm/parallel.py): the train state is placed on the mesh of `config.mesh` with
+Devices (sleep_lm/parallel/): the train state is placed on the mesh of `config.mesh` with
 NamedShardings from the parameter layout table, the batch is split on its leading axis over
 the "batch" rule's mesh axes, and the train and eval steps are jitted with these in/out
 shardings (metrics replicated). Checkpoints restore onto the current mesh, whatever mesh

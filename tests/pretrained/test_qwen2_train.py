@@ -55,6 +55,9 @@ def config_with(**fields):
         ({"model__hf_options": {"bogus": 1}}, "load_hf option 'bogus' not known; allowed"),
         ({"model__hf_options": "x"}, "config.model.hf_options must be a dict (got 'x')"),
         ({"sleep__loop_blocks": "2:"}, "selects no block of the 2 layers"),  # not 4
+        # A pretrained family's compute settings, checked by model/config.py's ComputeConfig.
+        ({"model__remat_policy": "dots"}, "config.model.remat_policy: allowed ('none', 'full', "),
+        ({"model__gdn_impl": "associative"}, "config.model.gdn_impl: allowed ('chunked', 'rec"),
     ],
 )
 def test_config_errors(fields, message):

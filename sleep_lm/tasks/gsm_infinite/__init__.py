@@ -5,8 +5,9 @@
                          level="hard", length=2000)
     p["prompt"], p["answer"], p["solution"]
 
-- ``generator``: worlds, dependency graph, op count, solver, text (see its docstring for the
-  precise definition of the operation count).
+- ``generator``: ``generate_problem`` (see its docstring for the precise definition of the
+  operation count), from ``graph`` (world, dependency graph, op count), ``solver`` (targets,
+  reverse mode's unknown) and ``text`` (sentences, solution, prompt, filler).
 - ``worlds``: the templates' vocabularies (zoo animals, teachers in schools, films at
   festivals).
 - ``tokens``: byte-level tokenizer or a ``tokenizer.json`` through ``tokenizers``.
