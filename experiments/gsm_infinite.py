@@ -170,6 +170,11 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     # devices use --config.train.microbatches=256/n (256 devices: 1).
     config.train.batch_size = 256
     config.train.microbatches = 32
+    # Half the bytes of Muon's momentum (AdamW's first moment too), and the weight matrices'
+    # gradients in bfloat16 through the sleep passes and Ouro's loops, float32 once per
+    # microbatch (train/optim.py; benchmarks/RESULTS.md, "Memory plan").
+    config.train.momentum_dtype = "bfloat16"
+    config.train.weight_grads = "compute"
     config.train.optimizer = "muon"
     config.train.lr = 1e-3  # Muon, the paper's fine-tuning value (tuned at N = 1)
     config.train.adam_lr = 5e-5  # AdamW group (embeddings, head, norms, gates), the paper's
@@ -280,6 +285,8 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.steps = 600
     config.train.batch_size = 16
     config.train.microbatches = 1  # gradient accumulation slices (the fine-tunes: 32)
+    config.train.momentum_dtype = "float32"  # the fine-tunes: bfloat16 (memory)
+    config.train.weight_grads = "float32"  # the fine-tunes: compute (memory)
     config.train.optimizer = "muon"
     config.train.lr = 1e-2
     config.train.adam_lr = 3e-3

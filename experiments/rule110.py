@@ -115,6 +115,10 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # Gradient accumulation: the batch runs as this many equal slices one after another
     # (same update, one slice's activations in memory; eval steps take one slice).
     config.train.microbatches = 1
+    # Memory options (train/optim.py): float32 keeps Muon's momentum / AdamW's first moment and
+    # the weight matrices' gradients in float32; the GSM fine-tunes use bfloat16 / compute.
+    config.train.momentum_dtype = "float32"
+    config.train.weight_grads = "float32"
     config.train.grad_clip = 1.0  # global norm; 0 disables.
     config.train.weight_decay = 0.0  # decoupled, Muon group only.
     config.train.log_every = 100

@@ -29,7 +29,7 @@ from absl import logging
 from ml_collections import config_dict
 
 from sleep_lm import parallel
-from sleep_lm.train import checkpoint
+from sleep_lm.train import checkpoint, optim
 from sleep_lm.train.init import InitError, Layout
 from sleep_lm.train.loop import check_batch, eval_seed, eval_sets
 from sleep_lm.train.step import Components, evaluate_sets, make_eval_step
@@ -149,7 +149,12 @@ def build_components(config: config_dict.ConfigDict) -> Components:
         task.check_window(config.sleep.window)
     spec = sleep_spec(config, probe["loss_mask"][0], model)
 
+    compute_dtype = model.config.compute_dtype
+    cast = config.train.get("weight_grads", "float32") == "compute"
+
     def loss_fn(params, batch):
+        if cast:  # train.weight_grads: the matrices' gradients in the compute dtype
+            params = optim.cast_weights(params, compute_dtype, config.train.adam_patterns)
         return sleep.sequence_loss(model, params, batch, spec)
 
     # No loss position comes before this one (GSM: the answer span at the end): the

@@ -82,6 +82,8 @@ def test_config_arguments():
         ("train.eval_every", 0, "config.train.eval_every must be >= 1 (got 0)"),
         ("train.microbatches", 0, "config.train.microbatches must be >= 1 (got 0)"),
         ("train.microbatches", 3, "config.train.microbatches=3 must divide train.batch_size=64"),
+        ("train.momentum_dtype", "fp16", "config.train.momentum_dtype must be one of"),
+        ("train.weight_grads", "bf16", "config.train.weight_grads must be one of"),
         ("seed", -1, "config.seed must be >= 0 (got -1)"),
         ("train.eval_seed", -2, "config.train.eval_seed must be >= -1 (got -2)"),
     ],

@@ -8,7 +8,13 @@ import numpy as np
 from sleep_lm import sleep
 from sleep_lm.config.family import _num_layers
 from sleep_lm.config.fields import ConfigError, _choice, _float, _get, _int
-from sleep_lm.train.optim import OPTIMIZERS, SCHEDULES, split_patterns
+from sleep_lm.train.optim import (
+    MOMENTUM_DTYPES,
+    OPTIMIZERS,
+    SCHEDULES,
+    WEIGHT_GRADS,
+    split_patterns,
+)
 
 
 def _validate_sleep(config, seq_len: int, loss_mask: np.ndarray) -> None:
@@ -70,6 +76,11 @@ def _validate_train(config) -> None:
             raise ConfigError(
                 f"config.train.microbatches={micro} must divide train.batch_size={batch}"
             )
+    # Optional memory options (default float32; train/optim.py's docstring).
+    if "momentum_dtype" in config.train:
+        _choice(config, "train.momentum_dtype", MOMENTUM_DTYPES)
+    if "weight_grads" in config.train:
+        _choice(config, "train.weight_grads", WEIGHT_GRADS)
     # Optional: the held-out sets' seed (0 and up: fixed across `seed`; -1: `seed`'s own;
     # absent, as in config.json files older than the field: -1).
     if "eval_seed" in config.train:

@@ -23,6 +23,14 @@ entries have RMS ~ lr / sqrt(in) (lr 2e-3 at width 256: ~1.2e-4 for [256, 256] a
 the "consistent RMS" scaling (`optax.contrib.muon(consistent_rms=0.2)`, Moonshot), whose
 updates have RMS 0.2 x lr: the same step there is lr x 5 / sqrt(in).
 
+Memory options (optional fields, float32 when absent; README, "Will it fit?"):
+- `train.momentum_dtype` "bfloat16": Muon's momentum and AdamW's first moment stored in
+  bfloat16 (AdamW's second moment stays float32), half their bytes.
+- `train.weight_grads` "compute": the Muon group's weight matrices are cast to the compute
+  dtype once at the top of the loss (``cast_weights``), so their gradients flow and add up
+  in that dtype through the step's loops (sleep passes, Ouro's loops, windows) and become
+  float32 once per microbatch. With a float32 model it changes nothing.
+
 `train.adam_lr = 0` is allowed: the AdamW group (embeddings, head, norms, gates, biases,
 convolutions) then stays exactly at its initial (or warm-start) values while Muon trains the
 matrices.
@@ -32,6 +40,7 @@ import re
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 from ml_collections import config_dict
 
@@ -41,6 +50,8 @@ MUON = "muon"
 ADAM = "adam"
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("muon", "adamw")
+MOMENTUM_DTYPES = ("float32", "bfloat16")
+WEIGHT_GRADS = ("float32", "compute")
 
 
 def split_patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
@@ -131,15 +142,15 @@ def scale_by_width() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
-def muon(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.0):
+def muon(learning_rate: optax.ScalarOrSchedule, weight_decay: float = 0.0, mu_dtype=None):
     """Muon for a group of [in, out] matrices (leaves of other groups arrive as MaskedNode,
-    an empty pytree, so tree maps skip them)."""
+    an empty pytree, so tree maps skip them); mu_dtype: the momentum's (None: float32)."""
 
     def dimension_numbers(updates):
         return jax.tree.map(lambda _: optax.contrib.MuonDimensionNumbers(0, 1), updates)
 
     return optax.chain(
-        optax.contrib.scale_by_muon(weight_dimension_numbers=dimension_numbers),
+        optax.contrib.scale_by_muon(weight_dimension_numbers=dimension_numbers, mu_dtype=mu_dtype),
         scale_by_width(),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_learning_rate(learning_rate),
@@ -155,17 +166,33 @@ def make_optimizer(train: config_dict.ConfigDict) -> optax.GradientTransformatio
     if train.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {train.optimizer!r}; allowed: {OPTIMIZERS}")
     lr = schedules(train)
+    mu_dtype = None if train.get("momentum_dtype", "float32") == "float32" else jnp.bfloat16
     if train.optimizer == "adamw":
-        inner = optax.adamw(lr[MUON], weight_decay=train.weight_decay)
+        inner = optax.adamw(lr[MUON], weight_decay=train.weight_decay, mu_dtype=mu_dtype)
     else:
         patterns = train.adam_patterns
         inner = optax.multi_transform(
             {
-                MUON: muon(lr[MUON], weight_decay=train.weight_decay),
-                ADAM: optax.adamw(lr[ADAM], weight_decay=0.0),
+                MUON: muon(lr[MUON], weight_decay=train.weight_decay, mu_dtype=mu_dtype),
+                ADAM: optax.adamw(lr[ADAM], weight_decay=0.0, mu_dtype=mu_dtype),
             },
             lambda params: param_labels(params, patterns),
         )
     if train.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(train.grad_clip), inner)
     return inner
+
+
+def cast_weights(params, dtype, patterns):
+    """`params` with the Muon group's weight matrices (``param_labels(params, patterns)``:
+    the 2-D projection kernels, which every layer casts to the compute dtype anyway) cast to
+    `dtype`; every other leaf unchanged (embeddings, norms, gates and convolution weights
+    may be used in float32). Used inside the differentiated loss (`train.weight_grads=
+    "compute"`): the forward sees the same values, and the matrices' gradients stay in
+    `dtype` until the cast's own transpose."""
+    dtype = jnp.dtype(dtype)
+
+    def cast(x, label):
+        return x.astype(dtype) if label == MUON else x
+
+    return jax.tree.map(cast, params, param_labels(params, patterns))
