@@ -123,8 +123,8 @@ def test_streaming_equals_algorithm1(eviction, passes, model, params, batch):
 
 @pytest.mark.parametrize("padded", [False, True])
 def test_streaming_eval_feeds_the_unscored_prefix(padded, model, params, batch):
-    """scored_from: a wake window's tokens before the first loss position are fed in one
-    wake pass (3 of window [8-11] here), not decoded; the metrics and the scored logits are those of
+    """scored_from: a wake window's tokens before the first loss position are fed in chunks
+    (3 of window [8-11] here), not decoded; the metrics and the scored logits are those of
     decoding every token, and a loss position before scored_from gives NaN metrics."""
     mask = np.zeros((2, T), bool)
     mask[:, [11, 17]] = True
@@ -214,31 +214,6 @@ def test_feed_in_pieces_equals_feed_whole(eviction, model, params, batch):
     # Not vacuous: the pending window's wake pass and the slept windows both wrote state.
     assert np.abs(fast_weights(whole.live)[0] - fast_weights(whole.window_start)[0]).max() > 1e-3
     assert np.abs(fast_weights(whole.window_start)[0]).max() > 1e-3
-
-
-@pytest.mark.parametrize("padded", [False, True])
-def test_open_window_equals_feed(padded, model, params, batch):
-    """open_window (an empty window, fewer than L tokens) leaves the state feed leaves."""
-    spec = spec_for(batch["loss_mask"], passes=2, eviction="sliding")
-    tokens = batch["inputs"][:, : L + 3]
-    valid = (np.arange(L + 3)[None] >= np.array([[2], [0]])) if padded else None
-
-    @jit
-    def both(params, tokens, valid):
-        state = inference.init_state(model, spec, 2, padded=padded)
-        head = () if valid is None else (valid[:, :L],)
-        tail = () if valid is None else (valid[:, L:],)
-        state = inference.feed(model, params, spec, state, tokens[:, :L], *head)  # sleeps
-        fed = inference.feed(model, params, spec, state, tokens[:, L:], *tail)
-        opened = inference.open_window(model, params, spec, state, tokens[:, L:], *tail)
-        return state, fed, opened
-
-    state, fed, opened = both(params, tokens, valid)
-    assert int(state.count) == 0 and int(opened.count) == 3
-    chex.assert_trees_all_close(opened, fed, atol=ATOL)
-    assert np.abs(fast_weights(opened.live)[0] - fast_weights(state.live)[0]).max() > 1e-3
-    with pytest.raises(ValueError, match="0 < n < L"):
-        inference.open_window(model, params, spec, state, tokens[:, :L])
 
 
 @pytest.mark.parametrize("eviction", ["hard", "sliding"])

@@ -12,9 +12,9 @@ out), so the same code serves a notebook (``SleepSession``), a server and the ev
 ``spec`` is a ``sleep.SleepSpec`` (passes N, window L, eviction, loop_blocks; its schedule is
 only used by ``streaming_logits`` / ``streaming_loss``).
 
-Modules: ``state`` (SessionState, init_state, window_full), ``stream`` (feed, open_window,
-decode_step, sleep), ``generate``, ``sequence`` (Algorithm 1 streamed: streaming_logits,
-streaming_loss, evaluate), ``session`` (SleepSession).
+Modules: ``state`` (SessionState, init_state, window_full), ``stream`` (feed, decode_step,
+sleep), ``generate``, ``sequence`` (Algorithm 1 streamed: streaming_logits, streaming_loss,
+evaluate), ``session`` (SleepSession).
 
 Streaming semantics. The token stream is cut into windows of at most L tokens. Within a
 window every token gets one *wake* pass (``decode_step``, or a chunked wake inside ``feed``)
@@ -84,7 +84,7 @@ from sleep_lm.inference.generate import generate
 from sleep_lm.inference.sequence import evaluate, streaming_logits, streaming_loss
 from sleep_lm.inference.session import SleepSession
 from sleep_lm.inference.state import SessionState, init_state, window_full
-from sleep_lm.inference.stream import decode_step, feed, open_window, sleep
+from sleep_lm.inference.stream import decode_step, feed, sleep
 
 __all__ = [
     "SessionState",
@@ -92,7 +92,6 @@ __all__ = [
     "decode_step",
     "evaluate",
     "feed",
-    "open_window",
     "generate",
     "init_state",
     "sleep",

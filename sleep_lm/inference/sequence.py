@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from sleep_lm import sleep as sleep_lib
 from sleep_lm.inference.state import SessionState, init_state
-from sleep_lm.inference.stream import _STATIC, decode_step, feed, open_window, sleep
+from sleep_lm.inference.stream import _STATIC, decode_step, feed, sleep
 
 
 def _decode_tokens(model, params, spec, state, tokens, valid=None):
@@ -49,7 +49,7 @@ def streaming_logits(
     time] bool: real tokens of a padded batch (None: all).
 
     scored_from: the first position whose logits are wanted (a Python int). A wake window's
-    tokens before it are fed as a prompt is (``open_window``: one wake pass, zero logits
+    tokens before it are fed as a prompt is (``feed``: chunked wake passes, zero logits
     there) and only the rest is decoded token by token: a GSM answer window of 1,300 tokens
     decodes ~6. The window's last token is always decoded, so the window never fills inside
     ``feed`` (which would consolidate it).
@@ -91,8 +91,8 @@ def streaming_logits(
             sleep_from = None
         if is_wake:
             fed = min(max(scored_from - begin, 0), length - 1)  # the prompt part, fed
-            if fed:  # the window is empty here (after a sleep): one wake pass
-                state = open_window(
+            if fed:
+                state = feed(
                     model, params, spec, state, tokens[:, begin : begin + fed],
                     *part(begin, begin + fed),
                 )  # fmt: skip

@@ -181,33 +181,6 @@ def _feed(model, params, spec, state: SessionState, tokens: jax.Array, valid=Non
     )
 
 
-def _open_window(model, params, spec, state: SessionState, tokens: jax.Array, valid=None):
-    """``feed`` for the case where the current window is empty (``state.count`` == 0, the
-    caller's promise: right after ``sleep``) and the n tokens [batch, n] leave it open
-    (0 < n < L): one wake pass over all n, no sleep. The same state as ``feed``; it traces
-    one pass where ``feed`` traces a sleep and a wake pass per power of two below L, which
-    is what a long prompt in front of a few scored tokens (``streaming_logits``) pays for."""
-    check_window(model, spec)
-    batch, n = tokens.shape
-    if not 0 < n < spec.window:
-        raise ValueError(f"open_window takes 0 < n < L = {spec.window} tokens, got {n}")
-    valid = valid_mask(state, valid, tokens.shape)
-    tokens = tokens.astype(jnp.int32)
-    positions = state.position + jnp.arange(n, dtype=jnp.int32)
-    pad, window_valid = {}, state.window_valid
-    if valid is not None:
-        epos = state.valid_base[:, None] + sleep_lib.embed_positions(valid)
-        pad = dict(valid=valid, embed_pos=epos)
-        window_valid = window_valid.at[:, :n].set(valid)
-    return state._replace(
-        live=_advance(model, params, tokens, positions, state.live, **pad),
-        window_tokens=state.window_tokens.at[:, :n].set(tokens),
-        count=jnp.asarray(n, jnp.int32),
-        position=(state.position + n).astype(jnp.int32),
-        window_valid=window_valid,
-    )
-
-
 def _decode_step(model, params, spec, state: SessionState, token: jax.Array, valid=None):
     check_window(model, spec)
     token = token.astype(jnp.int32)
@@ -273,9 +246,6 @@ the same state as feeding it whole (to float rounding). Compiled once per n.
 valid: [batch, n] bool, False at padded tokens (a session from ``init_state(...,
 padded=True)``; default all real).
 """
-
-open_window = jax.jit(_open_window, static_argnames=_STATIC)
-open_window.__doc__ = _open_window.__doc__
 
 decode_step = jax.jit(_decode_step, static_argnames=_STATIC)
 decode_step.__doc__ = """decode_step(model, params, spec, state, token [batch] int,
