@@ -159,7 +159,7 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.model.attention_impl = "auto"
     config.sleep.window = 2000
     config.sleep.eviction = "hard"
-    # The most memory-saving remat mode for N > 1 (sleep.py docstring): only each pass's
+    # The most memory-saving remat mode for N > 1 (README, "How sleep runs"): only each pass's
     # inputs are kept; the mode of benchmarks/RESULTS.md's memory plan for these presets
     # (benchmarks/pretrained_memory.py: 54-87 GiB per device at one example per device).
     config.sleep.remat = "pass"

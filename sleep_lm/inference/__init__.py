@@ -60,7 +60,7 @@ with ``init_state(..., padded=True)`` also records which of the window's tokens 
 (``window_valid``) and how many real tokens came before the window (``valid_base``, for the
 learned position-table index, ``sleep.embed_positions``); ``feed`` and ``decode_step`` take a
 ``valid`` mask (default: all real), and padded tokens are inert exactly as in training
-(sleep.py, "Variable-length examples"). Without ``padded`` both fields are None and the
+(README.md, "Variable-length examples"). Without ``padded`` both fields are None and the
 programs are the ones without padding support.
 
 Costs. ``decode_step`` is one wake pass for one token: its program does not contain

@@ -1,6 +1,6 @@
 """The hybrid language model: Embed -> B_0 -> ... -> B_{D-1} -> OutProj (paper eq. 5).
 
-The stages are separate Linen methods so that sleep.py can embed a window once, loop a
+The stages are separate Linen methods so that sleep/ can embed a window once, loop a
 contiguous slice of blocks N times (eq. 6), and read out only wake windows:
 
     h = model.apply({"params": p}, tokens, positions, method=model.embed)

@@ -3,7 +3,7 @@
 A family module (HybridLM, Qwen2LM, OuroLM) defines ``embed(tokens, positions)``,
 ``blocks(h, state, positions, start, stop, valid=None)`` and ``head(h)`` and gets from
 ``StagedLM`` the ordinary forward ``__call__``, ``init_params`` and (unless it has its own)
-``init_state``, so sleep.py, train/ and inference/ never branch on the family.
+``init_state``, so sleep/, train/ and inference/ never branch on the family.
 """
 
 from __future__ import annotations

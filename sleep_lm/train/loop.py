@@ -4,7 +4,7 @@
 (`train.step.Components`; `sleep_lm.run.build_components(config)` builds them from the
 config) with the steps of `train/step.py` from the state `train/init.py` gives (resume,
 warm start or random). A batch may also carry `valid` (bool [batch, time], False at
-padding; see sleep.py, "Variable-length examples"); it travels to `loss_fn` with the rest of
+padding; see README.md, "Variable-length examples"); it travels to `loss_fn` with the rest of
 the batch.
 
 The wake/sleep schedule is static (from one example), so every batch is checked on the

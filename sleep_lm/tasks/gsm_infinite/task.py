@@ -12,7 +12,7 @@ uniformly in ``length_range`` (default: the paper's 2,000-3,300 tokens scaled to
 padding, so the answer and
 the end token are always the last tokens of the sequence and sit in the last window. With
 ``padding="inert"`` (the default) batches carry ``valid`` (bool [batch, seq_len], False on
-the padded inputs) and the model treats padded tokens as absent (sleep.py, "Variable-length
+the padded inputs) and the model treats padded tokens as absent (README.md, "Variable-length
 examples": no fast-weight write or decay, no conv input, never attended to); the pad id is
 the tokenizer's filler token, and its value does not matter. ``padding="filler"`` is the
 earlier layout: the same filler tokens (a space: byte 32, or the token of " ") as ordinary
