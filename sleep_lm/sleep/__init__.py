@@ -13,7 +13,7 @@ GDN conv tails), so only the fast weights cross the boundary; ``sliding`` keeps 
 the attention mask then lets each query see L keys (itself and the previous L - 1 tokens).
 
 Modules: ``spec`` (``SleepSpec``, its parsing from ``config.sleep``, the static wake/sleep
-schedule of windows), ``window`` (one window: ``consolidate``, ``wake``, ``evict``, the
+schedule of windows), ``passes`` (one window: ``consolidate``, ``wake``, ``evict``, the
 model stages) and ``sequence`` (Algorithm 1 over a sequence: ``run_sequence``,
 ``sequence_loss``, ``sequence_logits``). Every name is re-exported here: callers use
 ``sleep.X``.
@@ -25,6 +25,17 @@ the static schedule), inert padding (``batch["valid"]``), activation remateriali
 README.md, "How sleep runs"; their measured memory in benchmarks/RESULTS.md.
 """
 
+from sleep_lm.sleep.passes import (
+    _blocks,
+    _embed,
+    _frozen_layers,
+    _head,
+    _scan,
+    consolidate,
+    embed_positions,
+    evict,
+    wake,
+)
 from sleep_lm.sleep.sequence import (
     _segments,
     _window_stats,
@@ -41,17 +52,6 @@ from sleep_lm.sleep.spec import (
     resolve_loop_blocks,
     window_bounds,
     window_schedule,
-)
-from sleep_lm.sleep.window import (
-    _blocks,
-    _embed,
-    _frozen_layers,
-    _head,
-    _scan,
-    consolidate,
-    embed_positions,
-    evict,
-    wake,
 )
 
 __all__ = [

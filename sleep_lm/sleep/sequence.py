@@ -2,7 +2,7 @@
 
 ``run_sequence`` cuts tokens [batch, time] into windows of L (``window_bounds``), groups
 consecutive windows of the same kind and length into segments (one ``lax.scan`` each),
-sleeps or wakes each window (``window.py``) and evicts after it; truncated BPTT
+sleeps or wakes each window (``passes.py``) and evicts after it; truncated BPTT
 (``grad_windows``) stops the gradient at the state entering one window. ``sequence_loss``
 (masked cross-entropy and accuracies, for training) and ``sequence_logits`` (the reference
 a streaming decoder must reproduce) read its wake windows.
@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sleep_lm.sleep.passes import _scan, consolidate, embed_positions, evict, wake
 from sleep_lm.sleep.spec import SleepSpec, check_schedule, window_bounds
-from sleep_lm.sleep.window import _scan, consolidate, embed_positions, evict, wake
 
 
 def _segments(bounds, schedule, cut: int = 0):
