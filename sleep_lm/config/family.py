@@ -6,18 +6,12 @@ import os
 
 from ml_collections import config_dict
 
-from sleep_lm.config.fields import ConfigError, _choice, _float, _get, _int
+from sleep_lm.config.fields import ConfigError, _float, _get
 from sleep_lm.model.config import (
     COMPUTE_OPTIONS,
-    DTYPES,
-    GDN_IMPLS,
-    LAYER_KINDS,
-    POSITIONS,
-    RULES,
     ComputeConfig,
     ModelConfig,
 )
-from sleep_lm.ops import PRECISIONS
 
 
 def layer_types(layers: str) -> tuple[str, ...]:
@@ -47,34 +41,11 @@ def _validate_model(config) -> None:
     if model_family(config) != MODEL_FAMILY_DEFAULT:
         _validate_compute(config)
         return
-    width = _int(config, "model.width", 1)
-    heads = _int(config, "model.heads", 1)
-    if width % heads:
-        raise ConfigError(f"config.model.heads must divide model.width={width} (got {heads})")
-    layers = _get(config, "model.layers")
-    if not isinstance(layers, str) or not layers.strip():
-        raise ConfigError(f"config.model.layers must be a comma-separated list (got {layers!r})")
-    for name in layer_types(layers):
-        if name not in LAYER_KINDS:
-            names = ", ".join(repr(a) for a in LAYER_KINDS)
-            raise ConfigError(
-                f"config.model.layers: unknown layer type {name!r} in {layers!r}; allowed: {names}"
-            )
-    _int(config, "model.mlp_ratio", 1)
-    _choice(config, "model.rule", RULES)
-    _int(config, "model.conv_size", 1)
-    _choice(config, "model.gdn_impl", GDN_IMPLS)
-    _int(config, "model.chunk_size", 1)
-    _choice(config, "model.gdn_precision", PRECISIONS)
-    _choice(config, "model.dtype", DTYPES)
-    _choice(config, "model.positions", POSITIONS)
-    # Jet-layer fields are optional: configs without jet layers need not set them.
+    # ModelConfig checks every field (and combinations such as rule x gdn_impl) once;
+    # only what it leaves open is checked here.
     if config.model.get("jet_expand_v", None) is not None:
         _float(config, "model.jet_expand_v", 0.0, strict=True)
-    if config.model.get("jet_generator_reduction", None) is not None:
-        _int(config, "model.jet_generator_reduction", 1)
     try:
-        # The model's own checks (combinations such as rule x gdn_impl).
         ModelConfig.from_config(config.model)
     except ValueError as e:
         raise ConfigError(f"config.{e}") from None
