@@ -128,6 +128,13 @@ def test_over_the_chips_memory_does_not_fit_with_a_hint():
     assert record["hint"].startswith("raise --config.train.microbatches (now 1; up to 8")
     lines = aot.report_lines(record)
     assert lines[-1].startswith("fits: NO; hint: raise --config.train.microbatches")
+    # Once slicing, sharding and remat are exhausted: the bfloat16 memory options, in order.
+    config.train.microbatches, config.sleep.remat = 8, "window"
+    assert "train.momentum_dtype=bfloat16" in aot.hint(config, record)
+    config.train.momentum_dtype, config.model.dtype = "bfloat16", "bfloat16"
+    assert "train.weight_grads=compute" in aot.hint(config, record)
+    config.train.weight_grads = "compute"
+    assert aot.hint(config, record).startswith("more devices")
 
 
 def test_missing_extra_is_one_line_exit_2(tmp_path):
