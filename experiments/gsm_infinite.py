@@ -59,15 +59,16 @@ Both: problems with 2-8 operations in 2,000-3,295 tokens (the paper's lengths; t
 the prompt with distractors to a length drawn in task.length_range), held out 200 per op
 (1,400), global batch 256, Muon lr 1e-3 for the weight matrices + AdamW lr 5e-5 for the rest
 (the paper's fine-tuning
-values), compute in bfloat16 (parameters and optimiser state float32), every device on the
-`fsdp` mesh axis (parameters, optimiser state and batch sharded over all of them; batch and
-eval_size must be multiples of the device count), `sleep.remat=pass`, every layer
-rematerialised (`model.remat_policy=full`) and attention in 512-query chunks
-(`model.attention_impl=auto`). Memory (benchmarks/RESULTS.md, "Memory plan with the real
-compilers", `--mode=compile`): ouro at N = 4 takes 41.5 GiB on one H100, 13.8 GiB per device
-on 8; the global batch of 256 is accumulated over train.microbatches = 32 slices (one
-example per device per slice on 8 devices; --config.train.microbatches=256/n on n devices,
-and eval steps take one slice).
+values), compute in bfloat16 (parameters float32; Muon's momentum and AdamW's first moment
+bfloat16, `train.momentum_dtype`; the weight matrices' gradients add up in bfloat16 through
+the loops, `train.weight_grads=compute`), every device on the `fsdp` mesh axis (parameters,
+optimiser state and batch sharded over all of them; batch and eval_size must be multiples of
+the device count), `sleep.remat=pass`, every layer rematerialised
+(`model.remat_policy=full`) and attention in 512-query chunks (`model.attention_impl=auto`).
+Memory (benchmarks/RESULTS.md, "Memory plan with the real compilers", `--mode=compile`):
+ouro at N = 4 takes 33.2 GiB on one H100, 13.0 GiB per device on 8; the global batch of 256
+is accumulated over train.microbatches = 32 slices (one example per device per slice on 8
+devices; --config.train.microbatches=256/n on n devices, and eval steps take one slice).
 Open choices, ours: 1000 steps, a 20-step warm-up then
 constant rates, clipping 1.0, no weight decay. Warming a sliding run up from a hard-eviction
 run (init.from_checkpoint) is not possible yet for a pretrained family: it needs
