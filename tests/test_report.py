@@ -11,6 +11,7 @@ from test_sweep import TINY_CONFIG, run_sweep
 
 from sleep_lm import report
 from sleep_lm.report import plots
+from sleep_lm.report import runs as runs_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -296,3 +297,20 @@ def test_checkpoint_evals_at_other_n_make_a_trained_by_test_table(tmp_path):
 
 def _own_n(record, run):
     return record["config"]["sleep"]["passes"] == run.passes and not record["eval_overrides"]
+
+
+def test_fields_added_later_take_the_value_their_absence_means(tmp_path):
+    """A run made before train.eval_seed / train.momentum_dtype existed pools with a newer
+    seed that sets them to what their absence means; another value is a separate point."""
+    records = [{"step": 20, "eval/accuracy": 0.5, "eval/loss": 0.5}]
+    old = rule110_config(1, 2, seed=0)
+    same = rule110_config(1, 2, seed=1)
+    same["train"].update(eval_seed=-1, momentum_dtype="float32", weight_grads="float32")
+    same["compile"] = {"target": ""}
+    other = rule110_config(1, 2, seed=2)
+    other["train"].update(eval_seed=0)
+    for name, config in (("a", old), ("b", same), ("c", other)):
+        write_run(tmp_path / "root" / name, config, records)
+    runs = [runs_lib.load_run(p) for p in runs_lib.find_runs([tmp_path / "root"])]
+    assert [len(g) for g in runs_lib.group_by_seed(runs)] == [2, 1]
+    assert runs_lib.point_fields(runs) == ["train.eval_seed"]

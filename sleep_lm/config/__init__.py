@@ -44,6 +44,7 @@ from sleep_lm.config.fields import ConfigError, _get, _int
 from sleep_lm.config.loading import load_config, load_config_module, parse_arg
 from sleep_lm.config.mesh import _validate_mesh_static, compile_target, validate_mesh
 from sleep_lm.config.resume import (
+    ABSENT_MEANS,
     RESUMABLE_FIELDS,
     eval_overrides,
     resume_conflict,
@@ -54,6 +55,7 @@ from sleep_lm.train.init import init_checkpoint  # config.init's parser
 
 __all__ = [
     "MODEL_FAMILY_DEFAULT",
+    "ABSENT_MEANS",
     "RESUMABLE_FIELDS",
     "ConfigError",
     "compile_target",

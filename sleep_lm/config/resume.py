@@ -14,6 +14,16 @@ from sleep_lm.config.fields import ConfigError
 from sleep_lm.dotted import flatten
 from sleep_lm.model.config import COMPUTE_OPTIONS, ModelConfig
 
+# Fields added after runs were made, with the value that a config.json written before them
+# means (the code reads an absent field as this value): a report or a comparison fills them
+# in, so an old run and a new one with the same behaviour compare equal.
+ABSENT_MEANS = {
+    "train.eval_seed": -1,  # each seed's own held-out set
+    "train.momentum_dtype": "float32",
+    "train.weight_grads": "float32",
+    "compile.target": "",  # --mode=compile only; training does not read it
+}
+
 # Fields that may change when a run resumes from its checkpoints: budget, cadence, eval
 # sets and device layout. Anything else (model, task, sleep, optimiser) would silently
 # continue a run under a config that did not produce its checkpoints.
