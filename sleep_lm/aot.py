@@ -175,6 +175,8 @@ def hint(config, record: dict) -> str:
     """One line: the first change that lowers the train step's per-device bytes, in the
     order that costs least (more accumulation slices, parameter sharding, rematerialisation,
     bfloat16 momentum and weight gradients)."""
+    from sleep_lm.train import optim
+
     train = record["steps"]["train"]
     batch, micro = config.train.batch_size, config.train.get("microbatches", 1)
     mesh = record["mesh"]
@@ -195,10 +197,10 @@ def hint(config, record: dict) -> str:
         return f"recompute more in the backward: --config.sleep.remat={better} (now {remat})"
     if mesh.get("fsdp", 1) < record["num_devices"]:
         return "shard parameters and optimiser state: --config.mesh.data=1 --config.mesh.fsdp=-1"
-    if config.train.get("momentum_dtype", "float32") == "float32":
+    if optim.momentum_dtype(config.train) == "float32":
         return "keep the optimiser's momentum in bfloat16: --config.train.momentum_dtype=bfloat16"
     bf16 = config.model.get("dtype", "float32") == "bfloat16"
-    if bf16 and config.train.get("weight_grads", "float32") == "float32":
+    if bf16 and optim.weight_grads(config.train) == "float32":
         return "add up the weights' gradients in bfloat16: --config.train.weight_grads=compute"
     return "more devices (a larger target), or a shorter task.seq_len"
 

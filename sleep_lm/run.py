@@ -150,7 +150,7 @@ def build_components(config: config_dict.ConfigDict) -> Components:
     spec = sleep_spec(config, probe["loss_mask"][0], model)
 
     compute_dtype = model.config.compute_dtype
-    cast = config.train.get("weight_grads", "float32") == "compute"
+    cast = optim.weight_grads(config.train) == "compute"
 
     def loss_fn(params, batch):
         if cast:  # train.weight_grads: the matrices' gradients in the compute dtype

@@ -9,19 +9,22 @@ import json
 from absl import logging
 from ml_collections import config_dict
 
+from sleep_lm.config.defaults import default_compile_config
 from sleep_lm.config.family import MODEL_FAMILY_DEFAULT, model_family
 from sleep_lm.config.fields import ConfigError
 from sleep_lm.dotted import flatten
 from sleep_lm.model.config import COMPUTE_OPTIONS, ModelConfig
+from sleep_lm.train import optim
+from sleep_lm.train.loop import EVAL_SEED_OWN
 
 # Fields added after runs were made, with the value that a config.json written before them
 # means (the code reads an absent field as this value): a report or a comparison fills them
 # in, so an old run and a new one with the same behaviour compare equal.
 ABSENT_MEANS = {
-    "train.eval_seed": -1,  # each seed's own held-out set
-    "train.momentum_dtype": "float32",
-    "train.weight_grads": "float32",
-    "compile.target": "",  # --mode=compile only; training does not read it
+    "train.eval_seed": EVAL_SEED_OWN,
+    "train.momentum_dtype": optim.MOMENTUM_DTYPES[0],
+    "train.weight_grads": optim.WEIGHT_GRADS[0],
+    "compile.target": default_compile_config().target,  # training does not read it
 }
 
 # Fields that may change when a run resumes from its checkpoints: budget, cadence, eval

@@ -113,12 +113,15 @@ def check_batch(components: Components, batch: dict) -> dict:
     return batch
 
 
+EVAL_SEED_OWN = -1  # train.eval_seed: each seed's own held-out set (also a config without it)
+
+
 def eval_seed(config: config_dict.ConfigDict) -> int:
     """The seed of the held-out sets: `train.eval_seed` (default 0: one fixed test set for
     every `seed` of a sweep); -1, or a config without the field (config.json files written
     before it existed), ties it to `config.seed` as before."""
-    value = config.train.get("eval_seed", -1)
-    return config.seed if value == -1 else int(value)
+    value = config.train.get("eval_seed", EVAL_SEED_OWN)
+    return config.seed if value == EVAL_SEED_OWN else int(value)
 
 
 def eval_sets(task, size: int, seed: int) -> dict[str, dict]:

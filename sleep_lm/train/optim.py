@@ -50,8 +50,19 @@ MUON = "muon"
 ADAM = "adam"
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("muon", "adamw")
+# The memory options' values; the first is what a config without the field means.
 MOMENTUM_DTYPES = ("float32", "bfloat16")
 WEIGHT_GRADS = ("float32", "compute")
+
+
+def momentum_dtype(train: config_dict.ConfigDict) -> str:
+    """`train.momentum_dtype` (float32 for a config written before the field)."""
+    return train.get("momentum_dtype", MOMENTUM_DTYPES[0])
+
+
+def weight_grads(train: config_dict.ConfigDict) -> str:
+    """`train.weight_grads` (float32 for a config written before the field)."""
+    return train.get("weight_grads", WEIGHT_GRADS[0])
 
 
 def split_patterns(patterns: str | Sequence[str]) -> tuple[str, ...]:
@@ -166,7 +177,7 @@ def make_optimizer(train: config_dict.ConfigDict) -> optax.GradientTransformatio
     if train.optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {train.optimizer!r}; allowed: {OPTIMIZERS}")
     lr = schedules(train)
-    mu_dtype = None if train.get("momentum_dtype", "float32") == "float32" else jnp.bfloat16
+    mu_dtype = None if momentum_dtype(train) == "float32" else jnp.bfloat16
     if train.optimizer == "adamw":
         inner = optax.adamw(lr[MUON], weight_decay=train.weight_decay, mu_dtype=mu_dtype)
     else:

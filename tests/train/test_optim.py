@@ -240,9 +240,17 @@ def test_cast_weights_casts_only_the_muon_matrices(model_params):
 
 def test_momentum_dtype_bfloat16(model_params):
     """train.momentum_dtype="bfloat16": Muon's momentum and AdamW's first moment in bf16,
-    AdamW's second moment float32; the first update equals the float32 one up to bf16."""
-    grads = jax.tree.map(
-        lambda p: jnp.cos(jnp.arange(p.size, dtype=jnp.float32)).reshape(p.shape), model_params
+    AdamW's second moment float32. The first update reads the momentum before it is stored,
+    so the second is where bf16 storage shows: equal to float32's up to bf16 rounding in
+    both groups (full-rank random gradients; measured 2.2e-3 / 2.0e-3 of the norm)."""
+    rng = np.random.default_rng(0)
+
+    def draw():
+        return jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape)), model_params)
+
+    grads = (draw(), draw())
+    labels = jax.tree.leaves(
+        optim.param_labels(model_params, experiment_config().train.adam_patterns)
     )
     updates, states = {}, {}
     for dtype in ("float32", "bfloat16"):
@@ -250,12 +258,21 @@ def test_momentum_dtype_bfloat16(model_params):
         train.momentum_dtype = dtype
         optimizer = optim.make_optimizer(train)
         state = optimizer.init(model_params)
-        updates[dtype], states[dtype] = optimizer.update(grads, state, model_params)
+        _, state = optimizer.update(grads[0], state, model_params)
+        updates[dtype], states[dtype] = optimizer.update(grads[1], state, model_params)
     dtypes = {str(x.dtype) for x in jax.tree.leaves(states["bfloat16"]) if x.ndim >= 1}
     assert dtypes == {"bfloat16", "float32"}, dtypes
     assert {str(x.dtype) for x in jax.tree.leaves(states["float32"]) if x.ndim >= 1} == {"float32"}
-    pairs = zip(
-        jax.tree.leaves(updates["bfloat16"]), jax.tree.leaves(updates["float32"]), strict=True
-    )
-    for a, b in pairs:
-        np.testing.assert_allclose(a, b, rtol=0.05, atol=0.05 * float(jnp.abs(b).max()) + 1e-12)
+    for group in (optim.MUON, optim.ADAM):
+        got, ref = (
+            jnp.concatenate(
+                [
+                    u.ravel()
+                    for u, label in zip(jax.tree.leaves(tree), labels, strict=True)
+                    if label == group
+                ]
+            )
+            for tree in (updates["bfloat16"], updates["float32"])
+        )
+        error = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+        assert 0 < error < 2e-2, (group, error)
