@@ -17,12 +17,16 @@ last component). `--config.<field>=<value>` flags given to the sweep apply to ev
 `--config.train.steps=50` for a quick trial; a field may not be set both there and by the
 sweep.
 
-A point is skipped when it is finished: ROOT/<name>/config.json holds exactly the config the
-point would run (so changing a field re-runs it), ROOT/<name>/metrics.jsonl has an eval
-line at step >= train.steps, and ROOT/<name>/checkpoints/ holds a committed checkpoint of that
-step (the trainer writes the eval line, then saves asynchronously: a run killed in between has
-the line but not the checkpoint, and is not finished). An unfinished point resumes from its
-last checkpoint (sleep_lm.main does that).
+A point is skipped when it is finished: ROOT/<name>/config.json holds the config the point
+would run (so changing a field re-runs it; a field added to sleep_lm after the run was made
+counts as the value its absence means, `config.ABSENT_MEANS`), ROOT/<name>/metrics.jsonl has
+an eval line at step >= train.steps, and no save of the run is left unfinished: either
+ROOT/<name>/checkpoints/ holds a committed checkpoint of that step, or the point has no
+checkpoint at all (a run whose metrics were kept without its checkpoints, e.g. a fresh clone
+of committed results). The trainer writes the eval line, then saves asynchronously: a run
+killed in between has the line, earlier checkpoints (or the final save under orbax's
+temporary name) but not the final one, and is not finished. An unfinished point resumes from
+its last checkpoint (sleep_lm.main does that).
 
 --print_only prints one shell-quoted launch command per point instead (for a cluster) and runs
 nothing. Before anything runs every point's config is built and validated, so a typo in the
@@ -179,21 +183,35 @@ def _config_json(config: config_dict.ConfigDict):
     return json.loads(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def _same_config(on_disk: dict, config: config_dict.ConfigDict) -> bool:
+    """`on_disk` (a config.json) is `config`, fields it predates read as their absent value."""
+    from sleep_lm.config import ABSENT_MEANS
+    from sleep_lm.dotted import flatten
+
+    return {**ABSENT_MEANS, **flatten(on_disk)} == {
+        **ABSENT_MEANS,
+        **flatten(_config_json(config)),
+    }
+
+
 def is_finished(workdir: str | Path, config: config_dict.ConfigDict) -> bool:
-    """True when `workdir` holds a run of exactly `config` trained to config.train.steps."""
+    """True when `workdir` holds a run of `config` trained to config.train.steps (the module
+    docstring says what counts)."""
     workdir = Path(workdir)
     try:
         on_disk = json.loads((workdir / "config.json").read_text())
         lines = (workdir / "metrics.jsonl").read_text().splitlines()
     except (OSError, json.JSONDecodeError):
         return False
-    if on_disk != _config_json(config):
+    if not _same_config(on_disk, config):
         return False
     total = config.train.steps
     # Orbax writes a step under a temporary name and renames it to the bare step number
-    # when the save is committed, so only all-digit names count.
-    steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
-    if not steps or max(steps) < total:
+    # when the save is committed, so only all-digit names count as checkpoints; any entry
+    # at all means the run saved (or was saving) here.
+    saved = list((workdir / "checkpoints").glob("*"))
+    steps = [int(p.name) for p in saved if p.name.isdigit()]
+    if saved and (not steps or max(steps) < total):
         return False
     for line in reversed(lines):
         try:

@@ -170,6 +170,53 @@ def test_sweep_runs_points_and_skips_finished(config_file, tmp_path):
     assert "--config.train.steps=6 --config.sleep.passes=1" in result.stdout
 
 
+def _finished_run(workdir: Path, config, steps=(2, 4), checkpoints=True, drop=()):
+    """A workdir as the trainer leaves it: config.json (without the fields in `drop`), eval
+    lines at `steps`, and (if `checkpoints`) committed checkpoints of those steps."""
+    workdir.mkdir(parents=True)
+    on_disk = json.loads(config.to_json_best_effort())
+    for field in drop:
+        section, name = field.split(".")
+        del on_disk[section][name]
+    (workdir / "config.json").write_text(json.dumps(on_disk))
+    lines = [json.dumps({"step": s, "eval/loss": 1.0}) for s in steps]
+    (workdir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    if checkpoints:
+        for s in steps:
+            (workdir / "checkpoints" / str(s)).mkdir(parents=True)
+
+
+def test_is_finished_reads_absent_fields_and_metrics_without_checkpoints(tmp_path):
+    from sleep_lm.config import ABSENT_MEANS
+
+    config = config_dict.ConfigDict(
+        {"seed": 0, "train": {"steps": 4, "eval_seed": 0, "momentum_dtype": "float32"}}
+    )
+    assert ABSENT_MEANS["train.momentum_dtype"] == "float32"
+    assert ABSENT_MEANS["train.eval_seed"] != 0
+
+    # Committed results on a fresh clone: metrics and config, no checkpoints at all.
+    _finished_run(tmp_path / "kept", config, checkpoints=False)
+    assert sweep.is_finished(tmp_path / "kept", config)
+    # ... but not when the final eval line is missing.
+    _finished_run(tmp_path / "short", config, steps=(2,), checkpoints=False)
+    assert not sweep.is_finished(tmp_path / "short", config)
+    # A run killed before its final save: earlier checkpoints, final one absent.
+    _finished_run(tmp_path / "killed", config)
+    (tmp_path / "killed" / "checkpoints" / "4").rmdir()
+    assert not sweep.is_finished(tmp_path / "killed", config)
+
+    # A run made before train.momentum_dtype existed: its absence means float32, this config's
+    # value, so the run is this point's.
+    _finished_run(tmp_path / "old", config, drop=("train.momentum_dtype",))
+    assert sweep.is_finished(tmp_path / "old", config)
+    # A run made before train.eval_seed existed was scored on another held-out set.
+    _finished_run(tmp_path / "old_eval", config, drop=("train.eval_seed",))
+    assert not sweep.is_finished(tmp_path / "old_eval", config)
+    config.train.eval_seed = ABSENT_MEANS["train.eval_seed"]
+    assert sweep.is_finished(tmp_path / "old_eval", config)
+
+
 def test_failed_point_does_not_stop_the_sweep(config_file, tmp_path):
     root = tmp_path / "root"
     args = (f"--config={config_file}", f"--workdir={root}")
