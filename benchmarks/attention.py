@@ -3,6 +3,11 @@ time, the compiled gradient's temporaries, and the error against the dense float
 
     python benchmarks/attention.py                 # CPU: xla vs chunked
     python benchmarks/attention.py --impls xla,chunked,cudnn --dtype bfloat16   # a GPU
+    python benchmarks/attention.py --target=v5p-1 --impls xla,chunked,splash --dtype bfloat16
+
+``--target`` (a `--mode=compile` target name; needs the aot extra) only compiles, for that
+chip without having it, and reports the compiled gradient's temporaries and compile time
+(no run, so no time or error columns).
 
 Shape [batch, time, heads, head_dim] with ``kv_heads`` key/value heads, causal over one
 window of ``time`` (hard eviction, the fine-tunes' training shape). The gradient is of
@@ -34,7 +39,9 @@ MIB = 2**20
 
 def _grad_fn(impl, dtype, q_pos, k_pos, window, chunk, cotangent):
     def loss(q, k, v):
-        out = dot_product_attention(q, k, v, q_pos, k_pos, window, dtype, impl=impl, chunk=chunk)
+        out = dot_product_attention(
+            q, k, v, q_pos, k_pos, window, dtype, impl=impl, chunk=chunk, same_tokens=True
+        )
         return jnp.sum(out.astype(jnp.float32) * cotangent), out
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
@@ -76,6 +83,54 @@ def measure(impl, args, inputs, reference) -> dict:
     return row, (out, grads)
 
 
+def compile_only(impl, args, target) -> dict:
+    """The gradient compiled for one device of ``target``: temporaries and compile time."""
+    from jax.sharding import Mesh, SingleDeviceSharding
+
+    from sleep_lm import compile_targets
+
+    device = compile_targets.target_devices(target)[0]
+    dtype = jnp.dtype(args.dtype)
+    sharding = SingleDeviceSharding(device)
+    shape = (args.batch, args.time, args.heads, args.head_dim)
+    kv_shape = (args.batch, args.time, args.kv_heads, args.head_dim)
+    q, k, v = (
+        jax.ShapeDtypeStruct(s, dtype, sharding=sharding) for s in (shape, kv_shape, kv_shape)
+    )
+    cotangent = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
+    pos = jnp.arange(args.time)
+
+    def loss(q, k, v, cotangent):
+        out = dot_product_attention(
+            q,
+            k,
+            v,
+            pos,
+            pos[None],
+            args.time,
+            dtype,
+            impl=impl,
+            chunk=args.chunk,
+            same_tokens=True,
+        )
+        return jnp.sum(out.astype(jnp.float32) * cotangent)
+
+    row = {"impl": impl, "dtype": args.dtype, "target": target.name}
+    # Under a mesh of the target's device, so "auto" and "splash" see its platform.
+    with jax.set_mesh(Mesh(np.array([device]), ("data",))):
+        try:
+            t0 = time.perf_counter()
+            grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+            compiled = grad.lower(q, k, v, cotangent).compile()
+            row["compile_s"] = round(time.perf_counter() - t0, 2)
+        except Exception as e:  # noqa: BLE001 - e.g. splash off a TPU: reported, not fatal
+            row["skipped"] = str(e).splitlines()[0][:100]
+            return row
+    row["temp_mib"] = round(compiled.memory_analysis().temp_size_in_bytes / MIB, 1)
+    row["kernel"] = "tpu_custom_call" in compiled.as_text()  # splash's Mosaic kernel
+    return row
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--impls", default="xla,chunked")
@@ -88,7 +143,29 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="")
+    p.add_argument("--target", default="", help="compile only, for this target (aot extra)")
     args = p.parse_args(argv)
+    if args.target:
+        from sleep_lm import compile_targets
+
+        target = compile_targets.parse_target(args.target)
+        compile_targets.prepare_platforms(target)
+        rows = [compile_only(impl, args, target) for impl in args.impls.split(",")]
+        shape = (args.batch, args.time, args.heads, args.head_dim)
+        print(f"target: {target.name} (compile only); shape {shape}, kv_heads {args.kv_heads}")
+        print("| impl | dtype | grad temp MiB | compile s | Pallas kernel |")
+        print("| --- | --- | --- | --- | --- |")
+        for r in rows:
+            kernel = "yes" if r.get("kernel") else "no"
+            cells = (
+                f"skipped: {r['skipped']} | | |"
+                if "skipped" in r
+                else f"{r['temp_mib']} | {r['compile_s']} | {kernel} |"
+            )
+            print(f"| {r['impl']} | {r['dtype']} | {cells}")
+        if args.out:
+            pathlib.Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        return 0
     ks = jax.random.split(jax.random.key(0), 4)
     shape = (args.batch, args.time, args.heads, args.head_dim)
     kv_shape = (args.batch, args.time, args.kv_heads, args.head_dim)

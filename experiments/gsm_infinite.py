@@ -64,7 +64,8 @@ bfloat16, `train.momentum_dtype`; the weight matrices' gradients add up in bfloa
 the loops, `train.weight_grads=compute`), every device on the `fsdp` mesh axis (parameters,
 optimiser state and batch sharded over all of them; batch and eval_size must be multiples of
 the device count), `sleep.remat=pass`, every layer rematerialised
-(`model.remat_policy=full`) and attention in 512-query chunks (`model.attention_impl=auto`).
+(`model.remat_policy=full`) and attention that keeps no score tensor (`model.attention_impl=auto`:
+Pallas splash attention on TPUs for the hard-evicted windows, 512-query chunks otherwise).
 Memory (benchmarks/RESULTS.md, "Memory plan with the real compilers", `--mode=compile`):
 ouro at N = 4 takes 33.2 GiB on one H100, 13.0 GiB per device on 8; the global batch of 256
 is accumulated over train.microbatches = 32 slices (one example per device per slice on 8

@@ -82,6 +82,12 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # "default" is faster on GPU (TF32) and TPU (bfloat16) and the same on CPU.
     config.model.gdn_precision = "highest"
     config.model.dtype = "float32"
+    # How the same model is computed (model/config.py's ComputeConfig; README "Configuration"):
+    # per-layer rematerialisation in the backward and the attention kernel ("auto": Pallas
+    # splash on TPUs, query chunks when a window spans more than one chunk, else dense).
+    config.model.remat_policy = "none"
+    config.model.attention_impl = "auto"
+    config.model.attention_chunk = 512
 
     config.sleep = config_dict.ConfigDict()
     config.sleep.passes = 1  # N; N = 1 is the plain hybrid with hard eviction.

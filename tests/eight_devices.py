@@ -233,3 +233,32 @@ def test_checkpoint_restores_under_other_meshes(tmp_path):
             ckpt.save(8, restored)
             ckpt.wait()
     ckpt.close()
+
+
+def test_splash_attention_runs_per_device_under_a_mesh():
+    """ops/splash.causal_attention under the sharding context: shard_map over the batch axes
+    (the Pallas interpreter standing in for the TPU kernel) equals the unsharded call, and
+    its output keeps the batch sharding."""
+    from sleep_lm.model.attention import dot_product_attention
+
+    layout = mesh(4, 2, 1)
+    batch, time, heads, dim = 8, 130, 2, 16
+    ks = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, (batch, time, heads, dim)) for key in ks)
+    pos = jnp.arange(time)
+    k_pos = jnp.where(jnp.arange(batch)[:, None] % 3 == 0, pos, jnp.maximum(pos, 5))
+    k_pos = jnp.where(k_pos > pos, -1, k_pos)  # a few examples left-padded by 5 tokens
+
+    def attend(q, k, v):
+        return dot_product_attention(
+            q, k, v, pos, k_pos, time, jnp.float32, "splash", same_tokens=True, interpret=True
+        )
+
+    want = attend(q, k, v)
+    batch_sharding = parallel.batch_sharding(layout, RULES)
+    with parallel.sharding_context(layout, RULES):
+        got = jax.jit(attend)(*(jax.device_put(x, batch_sharding) for x in (q, k, v)))
+        jaxpr = str(jax.make_jaxpr(attend)(q, k, v))
+    assert "shard_map" in jaxpr and "pallas_call" in jaxpr
+    assert normalise(got.sharding.spec)[0] == ("data", "fsdp")
+    chex.assert_trees_all_close(got, want, atol=1e-6, rtol=1e-6)

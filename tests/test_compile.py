@@ -37,10 +37,10 @@ needs_gpu = pytest.mark.skipif(
 )
 
 
-def run_compile(workdir, *args, prelude="", timeout=600):
+def run_compile(workdir, *args, prelude="", timeout=600, env=None):
     """`python -m sleep_lm.main --mode=compile ...` in a fresh process (prelude: Python run
-    before main, e.g. to hide a module)."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    before main, e.g. to hide a module; env: extra environment variables)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
     code = f"{prelude}\nfrom sleep_lm import main\nmain.run()"
     argv = ["--mode=compile", f"--workdir={workdir}", *args]
     return subprocess.run(
@@ -75,7 +75,10 @@ def check_record(record, target):
 
 @needs_tpu
 def test_tpu_target_fits_and_records(tmp_path):
-    result = run_compile(tmp_path, *TINY, "--config.compile.target=v5e-4")
+    dump = tmp_path / "hlo"
+    result = run_compile(
+        tmp_path, *TINY, "--config.compile.target=v5e-4", env={"XLA_FLAGS": f"--xla_dump_to={dump}"}
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads((tmp_path / "compile.json").read_text())
     check_record(record, aot.parse_target("v5e-4"))
@@ -86,6 +89,10 @@ def test_tpu_target_fits_and_records(tmp_path):
     assert train["alias_bytes"] > 0  # the state is donated
     assert 0 < train["temp_bytes"] < 2**30 and train["compile_s"] > 0
     assert "fits: yes (per device, XLA:TPU's buffer assignment)" in result.stdout
+    # model.attention_impl=auto on a TPU: the hard-evicted windows' attention is the Pallas
+    # splash kernel (a Mosaic custom call), forward and backward.
+    (hlo,) = dump.glob("*jit_train_step*before_optimizations.txt")
+    assert hlo.read_text().count('custom_call_target="tpu_custom_call"') >= 3
 
 
 @needs_gpu

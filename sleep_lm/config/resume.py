@@ -13,7 +13,7 @@ from sleep_lm.config.defaults import default_compile_config
 from sleep_lm.config.family import MODEL_FAMILY_DEFAULT, model_family
 from sleep_lm.config.fields import ConfigError
 from sleep_lm.dotted import flatten
-from sleep_lm.model.config import COMPUTE_OPTIONS, ModelConfig
+from sleep_lm.model.config import COMPUTE_OPTIONS, ComputeConfig, ModelConfig
 from sleep_lm.train import optim
 from sleep_lm.train.loop import EVAL_SEED_OWN
 
@@ -25,6 +25,13 @@ ABSENT_MEANS = {
     "train.momentum_dtype": optim.MOMENTUM_DTYPES[0],
     "train.weight_grads": optim.WEIGHT_GRADS[0],
     "compile.target": default_compile_config().target,  # training does not read it
+    # The from-scratch experiments' configs name these since the splash kernel (issue 16);
+    # absent, the model reads ComputeConfig's defaults.
+    **{
+        f"model.{f.name}": f.default
+        for f in dataclasses.fields(ComputeConfig)
+        if f.name in ("remat_policy", "attention_impl", "attention_chunk")
+    },
 }
 
 # Fields that may change when a run resumes from its checkpoints: budget, cadence, eval

@@ -5,7 +5,8 @@ One module for every family, switched by its config: multi-head or grouped-query
 e.g. learned positions added to the embeddings), and the mask window (``window``: the sleep
 window L for full attention, a shorter one for sliding-window layers). The scores and the
 softmax are ``dot_product_attention``, which also holds the memory-efficient implementations
-(``model.attention_impl``: chunked and rematerialised, or cuDNN's fused kernel).
+(``model.attention_impl``: chunked and rematerialised, cuDNN's fused kernel, or Pallas splash
+attention on TPUs).
 
 Each query at global position p sees the keys at positions p - window < p' <= p that are
 either among the current tokens or held in the cache: a sliding window of ``window`` keys
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 
 from sleep_lm.model.positions import rotary
 from sleep_lm.model.state import EMPTY_POSITION, KVCache, constrain
+from sleep_lm.ops import splash
 
 # Finite mask value: a row with no visible key (only a padded query, whose output nothing
 # reads: an unpadded query always sees itself) gives a uniform softmax instead of NaN.
@@ -157,13 +159,44 @@ def fused_attention(
     return out.astype(dtype)
 
 
-def resolve_impl(impl: str, queries: int, chunk: int) -> str:
-    """The implementation ``impl`` ("auto" | "xla" | "chunked" | "cudnn") means for a call
-    with ``queries`` queries: "auto" is "chunked" when there is more than one chunk of
-    queries, else "xla" (one chunk: nothing to save, no loop overhead)."""
+def platform() -> str:
+    """The platform the traced computation is for: the context mesh's (a compile for a TPU
+    target from a CPU host traces under a mesh of TPU devices), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        return mesh.abstract_device.platform
+    return jax.default_backend()
+
+
+def resolve_impl(
+    impl: str, queries: int, chunk: int, *, platform: str = "cpu", splash_fits: bool = False
+) -> str:
+    """The implementation ``impl`` ("auto" | "xla" | "chunked" | "cudnn" | "splash") means
+    for a call with ``queries`` queries on ``platform``: "auto" is "splash" on a TPU when the
+    call fits it (``splash_fits``: a hard-evicted window, see ``dot_product_attention``),
+    else "chunked" when there is more than one chunk of queries, else "xla" (one chunk:
+    nothing to save, no loop overhead). "splash" where the call does not fit it (a streaming
+    call with a KV cache) is "auto" without splash; "splash" off a TPU is an error."""
+    if impl == "splash":
+        if platform != "tpu":
+            raise ValueError(
+                f"model.attention_impl='splash' is Pallas splash attention for TPUs; this "
+                f"computation is for {platform!r}: use 'auto' or 'chunked'"
+            )
+        if not splash_fits:
+            impl = "auto"
     if impl == "auto":
+        if platform == "tpu" and splash_fits:
+            return "splash"
         return "chunked" if queries > chunk else "xla"
     return impl
+
+
+def _batch_axes():
+    """Mesh axes of the batch dimension under the sharding context (None outside one)."""
+    if jax.sharding.get_abstract_mesh().empty:
+        return None
+    return nn.logical_to_mesh_axes(("batch",))[0]
 
 
 def dot_product_attention(
@@ -176,6 +209,9 @@ def dot_product_attention(
     dtype,
     impl: str = "xla",
     chunk: int = 512,
+    *,
+    same_tokens: bool = False,
+    interpret: bool = False,
 ) -> jax.Array:
     """Masked softmax attention; scores and softmax in float32 whatever the compute dtype.
 
@@ -188,11 +224,30 @@ def dot_product_attention(
     and keeps them (and the probabilities) for the backward; "chunked" computes ``chunk``
     queries at a time and recomputes each chunk's scores in the backward (``_chunked``;
     every platform, equal to "xla" to float rounding); "cudnn" is cuDNN's fused attention
-    (``fused_attention``; NVIDIA GPUs, bfloat16); "auto" picks "chunked" when the queries
-    span more than one chunk, else "xla" (``resolve_impl``; it does not pick "cudnn", which
-    is opt-in until benchmarks/gpu.sh has checked it on a GPU).
+    (``fused_attention``; NVIDIA GPUs, bfloat16); "splash" is Pallas splash attention
+    (``ops/splash.py``; TPUs) for the calls it fits: ``same_tokens`` (the keys are the
+    queries' own tokens, no cache: a hard-evicted window) with at most ``window`` queries,
+    so the mask is causal plus padding; other calls fall back. "auto" picks "splash" on a
+    TPU where it fits, else "chunked" when the queries span more than one chunk, else "xla"
+    (``resolve_impl``; it does not pick "cudnn", which is opt-in until benchmarks/gpu.sh has
+    checked it on a GPU). ``interpret``: run splash through the Pallas interpreter on any
+    platform (tests).
     """
-    impl = resolve_impl(impl, q.shape[1], chunk)
+    fits = same_tokens and q.shape[1] <= window
+    impl = resolve_impl(
+        impl, q.shape[1], chunk, platform="tpu" if interpret else platform(), splash_fits=fits
+    )
+    if impl == "splash":
+        valid = k_pos != EMPTY_POSITION
+        out = splash.causal_attention(
+            q.astype(dtype),
+            keys.astype(dtype),
+            values.astype(dtype),
+            valid,
+            interpret=interpret,
+            batch_axes=_batch_axes(),
+        )
+        return out.astype(dtype)
     if impl == "chunked":
         return _chunked(q, keys, values, q_pos, k_pos, window, dtype, chunk)
     if impl == "cudnn":
@@ -250,6 +305,7 @@ class Attention(nn.Module):
             cfg.compute_dtype,
             impl=cfg.attention_impl,
             chunk=cfg.attention_chunk,
+            same_tokens=not cache.keys.shape[1],
         )
         y = cfg.dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
         return y, constrain(write_cache(cache, k, v, positions, valid))

@@ -35,7 +35,7 @@ DTYPES = ("float32", "bfloat16")
 # Per-layer rematerialisation (block.REMAT_POLICIES) and the attention kernel
 # (attention.dot_product_attention); their meaning is documented there.
 REMAT_POLICIES = ("none", "full", "save_dots")
-ATTENTION_IMPLS = ("auto", "xla", "chunked", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "chunked", "cudnn", "splash")
 # The compute settings of ``config.model`` every family takes (a pretrained family's
 # architecture comes from its config.json; these are passed to its load as options).
 COMPUTE_OPTIONS = (

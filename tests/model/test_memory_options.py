@@ -1,6 +1,8 @@
 """model.remat_policy and model.attention_impl change memory and time, never the values:
 the chunked attention equals the dense one (outputs and gradients, with a cache, GQA,
-padding and a chunk that does not divide the queries), the fused path gets the same mask,
+padding and a chunk that does not divide the queries), so does Pallas splash attention (run
+by the Pallas interpreter; tests/test_compile.py compiles it for a TPU), the fused path gets
+the same mask,
 and every family's sleep loss and gradients are the same under each option (float32)."""
 
 from __future__ import annotations
@@ -122,11 +124,70 @@ def test_auto_chunks_only_more_than_one_chunk():
     assert padded.shape == q.shape
 
 
+@pytest.mark.parametrize("heads,kv_heads", [(2, 2), (4, 2)])
+def test_splash_equals_dense_values_and_gradients(heads, kv_heads):
+    """A hard-evicted window (no cache) of 130 tokens, padded inside to two 128-token blocks,
+    left padding in example 1: the splash kernel (Pallas interpreter) against _attend, in
+    float32, on every real query; the gradient through the padded queries is zero in both."""
+    time, dim, batch = 130, 16, 2
+    ks = jax.random.split(jax.random.key(3), 4)
+    q = jax.random.normal(ks[0], (batch, time, heads, dim))
+    keys = jax.random.normal(ks[1], (batch, time, kv_heads, dim))
+    values = jax.random.normal(ks[2], (batch, time, kv_heads, dim))
+    q_pos = jnp.arange(time)
+    k_pos = np.tile(np.arange(time), (batch, 1))
+    k_pos[1, :37] = EMPTY_POSITION
+    k_pos = jnp.asarray(k_pos, jnp.int32)
+    real = jnp.asarray(k_pos != EMPTY_POSITION)[..., None, None]
+    cotangent = jax.random.normal(ks[3], q.shape) * real
+
+    def run(impl):
+        def f(q, keys, values):
+            out = dot_product_attention(
+                q, keys, values, q_pos, k_pos, time, jnp.float32, impl,
+                same_tokens=True, interpret=True,
+            )  # fmt: skip
+            return jnp.sum(out * cotangent), out
+
+        with jax.default_matmul_precision("highest"):
+            (_, out), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(
+                q, keys, values
+            )
+        # The kernel, not a fallback, ran (and only where asked).
+        assert ("pallas_call" in str(jax.make_jaxpr(f)(q, keys, values))) == (impl == "splash")
+        return out * real, grads
+
+    (dense, dense_grads), (ours, our_grads) = run("xla"), run("splash")
+    # Measured (2-core CPU, jax 0.10.2): 2e-7 outputs, 5e-7 gradients.
+    assert_relative(ours, dense, 1e-5, "splash out")
+    for name, got, want in zip("q k v".split(), our_grads, dense_grads, strict=True):
+        assert_relative(got, want, 1e-5, f"splash d{name}")
+
+
+def test_splash_where_it_fits_and_only_on_tpu():
+    # "auto" picks splash on a TPU for a call it fits (a hard-evicted window), else as before.
+    assert resolve_impl("auto", 2000, 512, platform="tpu", splash_fits=True) == "splash"
+    assert resolve_impl("auto", 2000, 512, platform="tpu", splash_fits=False) == "chunked"
+    assert resolve_impl("auto", 2000, 512, platform="gpu", splash_fits=True) == "chunked"
+    # "splash" on a call with a KV cache (streaming) falls back to what "auto" would pick.
+    assert resolve_impl("splash", 1, 512, platform="tpu", splash_fits=False) == "xla"
+    with pytest.raises(ValueError, match=r"attention_impl='splash'.*TPUs.*'cpu'"):
+        resolve_impl("splash", 2000, 512, platform="cpu", splash_fits=True)
+    q, keys, values, q_pos, k_pos = _attention_case(2, 2, 5)
+    with pytest.raises(ValueError, match="attention_impl='splash'"):  # this test runs on CPU
+        dot_product_attention(q, keys, values, q_pos, k_pos, 6, jnp.float32, "splash")
+    # A streaming call (its keys include the cache) does not fit: the dense path, exactly.
+    out = dot_product_attention(
+        q, keys, values, q_pos, k_pos, 6, jnp.float32, "splash", interpret=True
+    )
+    np.testing.assert_array_equal(out, _attend(q, keys, values, q_pos, k_pos, 6, jnp.float32))
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="model.remat_policy"):
         ModelConfig(remat_policy="dots")
     with pytest.raises(ValueError, match="model.attention_impl"):
-        ModelConfig(attention_impl="splash")
+        ModelConfig(attention_impl="flash")
     with pytest.raises(ValueError, match=r"model.attention_impl.*bfloat16"):
         ModelConfig(attention_impl="cudnn")  # float32: cuDNN's kernel takes 16-bit inputs
     with pytest.raises(ValueError, match="model.attention_chunk"):
