@@ -159,36 +159,33 @@ def fused_attention(
     return out.astype(dtype)
 
 
-def platform() -> str:
+def trace_platform() -> str:
     """The platform the traced computation is for: the context mesh's (a compile for a TPU
     target from a CPU host traces under a mesh of TPU devices), else JAX's default backend."""
     mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty:
-        return mesh.abstract_device.platform
-    return jax.default_backend()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
 
 
 def resolve_impl(
     impl: str, queries: int, chunk: int, *, platform: str = "cpu", splash_fits: bool = False
 ) -> str:
     """The implementation ``impl`` ("auto" | "xla" | "chunked" | "cudnn" | "splash") means
-    for a call with ``queries`` queries on ``platform``: "auto" is "splash" on a TPU when the
-    call fits it (``splash_fits``: a hard-evicted window, see ``dot_product_attention``),
-    else "chunked" when there is more than one chunk of queries, else "xla" (one chunk:
-    nothing to save, no loop overhead). "splash" where the call does not fit it (a streaming
-    call with a KV cache) is "auto" without splash; "splash" off a TPU is an error."""
+    for a call with ``queries`` queries on ``platform``: "auto" is "xla" for at most one
+    chunk of queries (nothing to save, no loop overhead, and no padding to the splash
+    kernel's 128-token blocks), else "splash" on a TPU when the call fits it
+    (``splash_fits``: a hard-evicted window, see ``dot_product_attention``), else "chunked".
+    "splash" is splash wherever it can run (a TPU, a call that fits, whatever its length),
+    else what "auto" picks without splash: one config serves a TPU run, its streaming
+    inference and an init traced on the host."""
     if impl == "splash":
-        if platform != "tpu":
-            raise ValueError(
-                f"model.attention_impl='splash' is Pallas splash attention for TPUs; this "
-                f"computation is for {platform!r}: use 'auto' or 'chunked'"
-            )
-        if not splash_fits:
-            impl = "auto"
-    if impl == "auto":
         if platform == "tpu" and splash_fits:
             return "splash"
-        return "chunked" if queries > chunk else "xla"
+        impl = "auto"
+    if impl == "auto":
+        if queries <= chunk:
+            return "xla"
+        return "splash" if platform == "tpu" and splash_fits else "chunked"
     return impl
 
 
@@ -227,15 +224,15 @@ def dot_product_attention(
     (``fused_attention``; NVIDIA GPUs, bfloat16); "splash" is Pallas splash attention
     (``ops/splash.py``; TPUs) for the calls it fits: ``same_tokens`` (the keys are the
     queries' own tokens, no cache: a hard-evicted window) with at most ``window`` queries,
-    so the mask is causal plus padding; other calls fall back. "auto" picks "splash" on a
-    TPU where it fits, else "chunked" when the queries span more than one chunk, else "xla"
+    so the mask is causal plus padding; other calls fall back. "auto" picks "xla" for at
+    most one chunk of queries, else "splash" on a TPU where it fits, else "chunked"
     (``resolve_impl``; it does not pick "cudnn", which is opt-in until benchmarks/gpu.sh has
     checked it on a GPU). ``interpret``: run splash through the Pallas interpreter on any
     platform (tests).
     """
     fits = same_tokens and q.shape[1] <= window
     impl = resolve_impl(
-        impl, q.shape[1], chunk, platform="tpu" if interpret else platform(), splash_fits=fits
+        impl, q.shape[1], chunk, platform="tpu" if interpret else trace_platform(), splash_fits=fits
     )
     if impl == "splash":
         valid = k_pos != EMPTY_POSITION

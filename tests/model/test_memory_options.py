@@ -165,22 +165,24 @@ def test_splash_equals_dense_values_and_gradients(heads, kv_heads):
 
 
 def test_splash_where_it_fits_and_only_on_tpu():
-    # "auto" picks splash on a TPU for a call it fits (a hard-evicted window), else as before.
+    # "auto" picks splash on a TPU for a call it fits (a hard-evicted window) of more than one
+    # chunk of queries, else as before.
     assert resolve_impl("auto", 2000, 512, platform="tpu", splash_fits=True) == "splash"
+    assert resolve_impl("auto", 24, 512, platform="tpu", splash_fits=True) == "xla"
     assert resolve_impl("auto", 2000, 512, platform="tpu", splash_fits=False) == "chunked"
     assert resolve_impl("auto", 2000, 512, platform="gpu", splash_fits=True) == "chunked"
-    # "splash" on a call with a KV cache (streaming) falls back to what "auto" would pick.
+    # "splash" is splash wherever it can run, else what "auto" picks without it: a streaming
+    # call (KV cache) on a TPU, any call elsewhere.
+    assert resolve_impl("splash", 24, 512, platform="tpu", splash_fits=True) == "splash"
     assert resolve_impl("splash", 1, 512, platform="tpu", splash_fits=False) == "xla"
-    with pytest.raises(ValueError, match=r"attention_impl='splash'.*TPUs.*'cpu'"):
-        resolve_impl("splash", 2000, 512, platform="cpu", splash_fits=True)
+    assert resolve_impl("splash", 2000, 512, platform="cpu", splash_fits=True) == "chunked"
     q, keys, values, q_pos, k_pos = _attention_case(2, 2, 5)
-    with pytest.raises(ValueError, match="attention_impl='splash'"):  # this test runs on CPU
-        dot_product_attention(q, keys, values, q_pos, k_pos, 6, jnp.float32, "splash")
-    # A streaming call (its keys include the cache) does not fit: the dense path, exactly.
-    out = dot_product_attention(
-        q, keys, values, q_pos, k_pos, 6, jnp.float32, "splash", interpret=True
-    )
-    np.testing.assert_array_equal(out, _attend(q, keys, values, q_pos, k_pos, 6, jnp.float32))
+    dense = _attend(q, keys, values, q_pos, k_pos, 6, jnp.float32)
+    for interpret in (False, True):  # on this CPU; as on a TPU (a cache: it does not fit)
+        out = dot_product_attention(
+            q, keys, values, q_pos, k_pos, 6, jnp.float32, "splash", interpret=interpret
+        )
+        np.testing.assert_array_equal(out, dense)
 
 
 def test_config_errors_name_the_field():
