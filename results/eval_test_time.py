@@ -6,6 +6,13 @@ trained-N x test-N table and plot.
 
   python results/eval_test_time.py --root=results/repro2b5m \
       --config=experiments/rule110.py:repro2b5m,steps=6 [--passes=1,2,4,8]
+  python results/eval_test_time.py --root=results/depo_learns/long \
+      --config=experiments/depo.py:learns,names=12,train_steps=3000 \
+      --set=model.layers=attn,gdn,attn,gdn --set=train.eval_every=100 \
+      --set=train.checkpoint_every=100
+
+--set FIELD=VALUE (repeatable) passes the runs' other command-line overrides on, so the
+evaluated config is the one they trained with.
 """
 
 import argparse
@@ -31,6 +38,9 @@ def main():
     parser.add_argument("--root", type=Path, required=True)
     parser.add_argument("--config", required=True, help="the sweep's --config argument")
     parser.add_argument("--passes", default="1,2,4,8", help="N at test time, comma-separated")
+    parser.add_argument(
+        "--set", action="append", default=[], help="FIELD=VALUE: a --config.FIELD override"
+    )
     args = parser.parse_args()
     tests = [int(n) for n in args.passes.split(",")]
     runs = sorted(p.parent for p in args.root.glob("*/config.json"))
@@ -53,6 +63,7 @@ def main():
                 f"--config.seed={config['seed']}",
                 f"--config.sleep.passes={test}",
                 "--mode=eval",
+                *(f"--config.{override}" for override in args.set),
             ]
             if test != trained:
                 cmd.append("--eval_overrides=sleep.passes")
