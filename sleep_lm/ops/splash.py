@@ -18,7 +18,8 @@ keys, and a padded query (whose output nothing reads) sees itself.
 (tests, on CPU); otherwise it needs a TPU. Under a mesh, ``batch_axes`` (the mesh axes of
 the batch dimension) wrap the call in ``jax.shard_map``, so each device runs the kernel on
 its own examples (a Pallas call is opaque to XLA's partitioner, which would otherwise gather
-the whole batch onto every device).
+the whole batch onto every device). Heads are not split inside: on a mesh whose `tensor`
+axis splits them, they are gathered for the call (correct, not the fastest layout).
 """
 
 from __future__ import annotations
