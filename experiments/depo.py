@@ -26,10 +26,13 @@ Sweep N in {1, 2, 4} (`get_sweep`), then the report:
   python -m sleep_lm.sweep --config=experiments/depo.py --workdir=/tmp/depo_sweep
   python -m sleep_lm.report /tmp/depo_sweep --out /tmp/depo_sweep/report
 
-A Depo that learns on 2 CPU cores (`learns`: repro3 with cycles of 3..6 nodes in one window,
-8 queries, hops 1..4; N = 1, 2, 4, 600 steps each; results/README.md, "A Depo that learns"):
+A smaller Depo for 2 CPU cores (`learns`: repro3 with cycles of 3..6 nodes in one window,
+8 queries, hops 1..4; results/README.md, "A Depo that learns"). At 600 steps every N reaches
+only the "any node but x" plateau; with 12 names, GDN blocks and 3000 steps, N = 2 learns
+1-hop retrieval and N = 1 does not (one seed, ~80 min per run):
 
-  nohup bash results/run_depo_learns.sh &      # sweep, test-time N evals, report
+  nohup bash results/run_depo_learns.sh &      # N = 1, 2, 4 at 600 steps, test-time N, report
+  nohup bash results/run_depo_long.sh &        # N = 1, 2 at 3000 steps (PASSES=4 for N = 4)
 
 The argument is a comma-separated list parsed by `sleep_lm.config.parse_arg`: `smoke`,
 `repro3`, `learns`, `passes=N` (sleep.passes), and, to calibrate `learns`, the sizes
