@@ -185,13 +185,10 @@ def _config_json(config: config_dict.ConfigDict):
 
 def _same_config(on_disk: dict, config: config_dict.ConfigDict) -> bool:
     """`on_disk` (a config.json) is `config`, fields it predates read as their absent value."""
-    from sleep_lm.config import ABSENT_MEANS
+    from sleep_lm.config import with_absent
     from sleep_lm.dotted import flatten
 
-    return {**ABSENT_MEANS, **flatten(on_disk)} == {
-        **ABSENT_MEANS,
-        **flatten(_config_json(config)),
-    }
+    return with_absent(flatten(on_disk)) == with_absent(flatten(_config_json(config)))
 
 
 def is_finished(workdir: str | Path, config: config_dict.ConfigDict) -> bool:

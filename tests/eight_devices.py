@@ -261,4 +261,5 @@ def test_splash_attention_runs_per_device_under_a_mesh():
         jaxpr = str(jax.make_jaxpr(attend)(q, k, v))
     assert "shard_map" in jaxpr and "pallas_call" in jaxpr
     assert normalise(got.sharding.spec)[0] == ("data", "fsdp")
+    # Measured (2-core CPU, jax 0.10.2): bitwise equal (the same kernel on each example).
     chex.assert_trees_all_close(got, want, atol=1e-6, rtol=1e-6)

@@ -49,6 +49,7 @@ from sleep_lm.config.resume import (
     eval_overrides,
     resume_conflict,
     retired_fields,
+    with_absent,
 )
 from sleep_lm.config.training import _validate_eval_generate, _validate_sleep, _validate_train
 from sleep_lm.train.init import init_checkpoint  # config.init's parser
@@ -57,6 +58,7 @@ __all__ = [
     "MODEL_FAMILY_DEFAULT",
     "ABSENT_MEANS",
     "RESUMABLE_FIELDS",
+    "with_absent",
     "ConfigError",
     "compile_target",
     "default_compile_config",

@@ -34,6 +34,13 @@ ABSENT_MEANS = {
     },
 }
 
+
+def with_absent(flat: dict) -> dict:
+    """A flattened config (``dotted.flatten``) with the fields it predates filled in as
+    ``ABSENT_MEANS`` says, so runs made before and after a field compare equal."""
+    return {**ABSENT_MEANS, **flat}
+
+
 # Fields that may change when a run resumes from its checkpoints: budget, cadence, eval
 # sets and device layout. Anything else (model, task, sleep, optimiser) would silently
 # continue a run under a config that did not produce its checkpoints.

@@ -78,9 +78,10 @@ def _local(q, k, v, valid, *, interpret: bool):
     k, v = jnp.pad(k, pad), jnp.pad(v, pad)
     segments = jnp.pad(valid.astype(jnp.int32), ((0, 0), (0, length - time)))
     kernel = _kernel(length, group, block, interpret)
+    segment_ids = _splash().SegmentIds
 
     def one(q1, k1, v1, seg):  # q1 [group, length, dim]; k1, v1 [length, dim]; seg [length]
-        return kernel(q1, k1, v1, segment_ids=_splash().SegmentIds(q=seg, kv=seg))
+        return kernel(q1, k1, v1, segment_ids=segment_ids(q=seg, kv=seg))
 
     per_kv_head = jax.vmap(one, in_axes=(0, 0, 0, None))
     qg = q.reshape(batch, length, kv_heads, group, dim).transpose(0, 2, 3, 1, 4)

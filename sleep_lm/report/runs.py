@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from sleep_lm.config.resume import ABSENT_MEANS
+from sleep_lm.config.resume import with_absent
 from sleep_lm.dotted import flatten
 
 # Task fields that set an example's difficulty (lines/panels of the plots), by task name.
@@ -61,7 +61,7 @@ def load_run(workdir: str | Path) -> Run:
     has two lines for one step and kind)."""
     workdir = Path(workdir)
     # A field added after the run was made takes the value its absence means.
-    config = {**ABSENT_MEANS, **flatten(json.loads((workdir / "config.json").read_text()))}
+    config = with_absent(flatten(json.loads((workdir / "config.json").read_text())))
     evals = []
     path = workdir / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []  # None before step 1.
