@@ -65,7 +65,7 @@ the loops, `train.weight_grads=compute`), every device on the `fsdp` mesh axis (
 optimiser state and batch sharded over all of them; batch and eval_size must be multiples of
 the device count), `sleep.remat=pass`, every layer rematerialised
 (`model.remat_policy=full`) and attention that keeps no score tensor (`model.attention_impl=auto`:
-Pallas splash attention on TPUs for the hard-evicted windows, 512-query chunks otherwise).
+Pallas splash attention on TPUs for the hard-evicted windows, 256-query chunks otherwise).
 Memory (benchmarks/RESULTS.md, "Memory plan with the real compilers", `--mode=compile`):
 ouro at N = 4 takes 33.2 GiB on one H100, 13.0 GiB per device on 8; the global batch of 256
 is accumulated over train.microbatches = 32 slices (one example per device per slice on 8
@@ -155,7 +155,7 @@ def _paper_finetune(config: config_dict.ConfigDict) -> None:
     config.model.gdn_impl = "chunked"
     config.model.chunk_size = 64
     # Each layer keeps only its input for the backward (recomputed there), and attention
-    # over the 2000-3300-token windows runs in 512-query chunks that keep no score tensor:
+    # over the 2000-3300-token windows runs in 256-query chunks that keep no score tensor:
     # what makes one example fit a device (benchmarks/RESULTS.md, "Memory plan").
     config.model.remat_policy = "full"
     config.model.attention_impl = "auto"

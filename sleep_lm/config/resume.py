@@ -30,8 +30,10 @@ ABSENT_MEANS = {
     **{
         f"model.{f.name}": f.default
         for f in dataclasses.fields(ComputeConfig)
-        if f.name in ("remat_policy", "attention_impl", "attention_chunk")
+        if f.name in ("remat_policy", "attention_impl")
     },
+    # 512 until the causal key ranges (2026-12-07) made 256 the faster and smaller default.
+    "model.attention_chunk": 512,
 }
 
 

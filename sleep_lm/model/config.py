@@ -164,7 +164,7 @@ class ComputeConfig(Config):
     dtype: str = one_of("float32", DTYPES)
     remat_policy: str = one_of("none", REMAT_POLICIES)
     attention_impl: str = one_of("auto", ATTENTION_IMPLS)
-    attention_chunk: int = positive(512)
+    attention_chunk: int = positive(256)
 
     def __post_init__(self):
         super().__post_init__()
