@@ -83,10 +83,11 @@ def run_row(row: dict, dirs: dict, workdir: pathlib.Path) -> dict:
         *(f"--config.{k}={v}" for k, v in overrides.items()),
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
+    record_path = workdir / "compile.json"
+    record_path.unlink(missing_ok=True)  # a failed compile must not report an older record
     t0 = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
-    record_path = workdir / "compile.json"
     if done.returncode not in (0, 1) or not record_path.exists():
         lines = (done.stderr + done.stdout).strip().splitlines()
         tail = [line for line in lines if "rror" in line][-2:] or lines[-2:]

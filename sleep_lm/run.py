@@ -101,14 +101,15 @@ def load_run(
     )
 
 
-def sleep_spec(config: config_dict.ConfigDict, loss_mask, model):
+def sleep_spec(config: config_dict.ConfigDict, loss_mask, model, scored_from: int = 0):
     """The run's SleepSpec: config.sleep with the window schedule of one example's
-    `loss_mask` [time]; sleep.loop_blocks=all lets the family choose what a pass loops
+    `loss_mask` [time] and the task's first scored position (`scored_from`: the LM head
+    runs from there on); sleep.loop_blocks=all lets the family choose what a pass loops
     (Ouro's sleep_loops)."""
     from sleep_lm import sleep
 
     schedule = sleep.window_schedule(loss_mask, config.sleep.window)
-    spec = sleep.SleepSpec.from_config(config.sleep, schedule)
+    spec = sleep.SleepSpec.from_config(config.sleep, schedule, scored_from)
     family_loop = getattr(model, "sleep_loop_blocks", "all")
     if spec.loop_blocks == (None, None) and family_loop != "all":
         spec = spec._replace(loop_blocks=sleep.parse_loop_blocks(family_loop))
@@ -147,7 +148,11 @@ def build_components(config: config_dict.ConfigDict) -> Components:
     probe = task.eval_batch(1, config.seed)
     if hasattr(task, "check_window"):  # loss positions vary per example: all must be awake
         task.check_window(config.sleep.window)
-    spec = sleep_spec(config, probe["loss_mask"][0], model)
+    # No loss position comes before this one (GSM: the answer span at the end): the loss
+    # applies the LM head only from there on, and the streaming eval feeds everything
+    # before it as a prompt and decodes only the rest.
+    scored_from = int(getattr(task, "scored_from", 0))
+    spec = sleep_spec(config, probe["loss_mask"][0], model, scored_from)
 
     compute_dtype = model.config.compute_dtype
     cast = optim.weight_grads(config.train) == "compute"
@@ -156,10 +161,6 @@ def build_components(config: config_dict.ConfigDict) -> Components:
         if cast:  # train.weight_grads: the matrices' gradients in the compute dtype
             params = optim.cast_weights(params, compute_dtype, config.train.adam_patterns)
         return sleep.sequence_loss(model, params, batch, spec)
-
-    # No loss position comes before this one (GSM: the answer span at the end): the
-    # streaming eval feeds everything before it as a prompt and decodes only the rest.
-    scored_from = int(getattr(task, "scored_from", 0))
 
     def eval_fn(params, batch):
         # The same metrics through the streaming wake/sleep path (feed, decode_step, sleep):

@@ -309,6 +309,30 @@ def test_positions_let_windows_be_told_apart(positions, distinct, params, batch,
             chex.assert_trees_all_close(a, b)
 
 
+def test_scored_from_applies_the_head_only_where_loss_can_be(model, params, batch):
+    """SleepSpec.scored_from = 9: the wake window [8-11] applies the LM head from position 9
+    on (offset 1), the last window [16-17] everywhere. Loss and gradients equal those of the
+    head on every position; sequence_logits is zero before 9; check_schedule refuses a loss
+    position before it."""
+    full = spec_for(batch["loss_mask"])
+    scored = full._replace(scored_from=9)
+    grad = jax.value_and_grad(lambda p, s: sleep.sequence_loss(model, p, batch, s)[0])
+    want, got = (
+        jit(grad, static_argnums=1)(params, full),
+        jit(grad, static_argnums=1)(params, scored),
+    )
+    # Same arithmetic on the scored rows: measured 0 here.
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+    ref = np.asarray(sleep.sequence_logits(model, params, jnp.asarray(batch["inputs"]), full)[0])
+    out = np.asarray(sleep.sequence_logits(model, params, jnp.asarray(batch["inputs"]), scored)[0])
+    assert not out[:, 8].any() and ref[:, 8].any()
+    np.testing.assert_allclose(out[:, 9:], ref[:, 9:], rtol=1e-5, atol=1e-6)
+    early = batch["loss_mask"].copy()
+    early[0, 8] = True
+    with pytest.raises(ValueError, match="before the first scored position 9"):
+        sleep.check_schedule(early, scored)
+
+
 def test_remat_modes_give_identical_loss_and_grads():
     """remat changes memory, not math; gradients reach an evicted window through S."""
     model = make_model(layers="gdn")  # the fast-weight path is what remat must preserve

@@ -132,42 +132,45 @@ def _causal_chunks(q, keys, values, q_pos, k_pos, window: int, dtype, chunk: int
     time = q.shape[1]
     ranges = [(s, min(s + chunk, time), max(0, s - window + 1)) for s in range(0, time, chunk)]
 
-    def attend(i, q_chunk, keys_range, values_range):
+    def attend(i, q_chunk, keys_range, values_range, q_pos, k_pos):
         s, e, lo = ranges[i]
         return _attend(q_chunk, keys_range, values_range, q_pos[s:e], k_pos[:, lo:e], window, dtype)
 
-    def forward(q, keys, values):
+    def forward(q, keys, values, q_pos, k_pos):
         outs = []
         for i, (s, e, lo) in enumerate(ranges):
             args = (q[:, s:e], keys[:, lo:e], values[:, lo:e])
             if outs:
                 args, _ = jax.lax.optimization_barrier((args, outs[-1]))
-            outs.append(attend(i, *args))
+            outs.append(attend(i, *args, q_pos, k_pos))
         return jnp.concatenate(outs, axis=1)
 
+    # The positions are arguments (integer: no cotangent), not closed over: a custom VJP
+    # may not close over traced values.
     @jax.custom_vjp
-    def attention(q, keys, values):
-        return forward(q, keys, values)
+    def attention(q, keys, values, q_pos, k_pos):
+        return forward(q, keys, values, q_pos, k_pos)
 
-    def attention_fwd(q, keys, values):
-        return forward(q, keys, values), (q, keys, values)
+    def attention_fwd(q, keys, values, q_pos, k_pos):
+        return forward(q, keys, values, q_pos, k_pos), (q, keys, values, q_pos, k_pos)
 
     def attention_bwd(residuals, cotangent):
-        q, keys, values = residuals
+        q, keys, values, q_pos, k_pos = residuals
         dq, dk, dv = jnp.zeros_like(q), jnp.zeros_like(keys), jnp.zeros_like(values)
         for i in reversed(range(len(ranges))):
             s, e, lo = ranges[i]
             args = (q[:, s:e], keys[:, lo:e], values[:, lo:e])
             args, (dq, dk, dv) = jax.lax.optimization_barrier((args, (dq, dk, dv)))
-            _, vjp = jax.vjp(functools.partial(attend, i), *args)
+            chunk_fn = functools.partial(attend, i, q_pos=q_pos, k_pos=k_pos)
+            _, vjp = jax.vjp(chunk_fn, *args)
             dq_i, dk_i, dv_i = vjp(cotangent[:, s:e].astype(dtype))
             dq = dq.at[:, s:e].add(dq_i.astype(dq.dtype))
             dk = dk.at[:, lo:e].add(dk_i.astype(dk.dtype))
             dv = dv.at[:, lo:e].add(dv_i.astype(dv.dtype))
-        return dq, dk, dv
+        return dq, dk, dv, None, None
 
     attention.defvjp(attention_fwd, attention_bwd)
-    return attention(q, keys, values)
+    return attention(q, keys, values, q_pos, k_pos)
 
 
 def _chunked(

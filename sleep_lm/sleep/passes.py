@@ -166,8 +166,11 @@ def wake(
     remat="none",
     valid: jax.Array | None = None,
     embed_pos: jax.Array | None = None,
+    head_from: int = 0,
 ) -> tuple[jax.Array, ModelState]:
-    """One ordinary forward pass: (logits [batch, time, vocab] float32, new state).
+    """One ordinary forward pass: (logits [batch, time - head_from, vocab] float32, new
+    state): the LM head runs on the window's positions from ``head_from`` on (the heads are
+    position-wise; earlier positions carry no loss).
 
     ``remat="pass"`` checkpoints the pass. The caller evicts at the window end. ``valid``
     and ``embed_pos`` as for ``consolidate`` (logits at padded tokens are meaningless).
@@ -177,7 +180,7 @@ def wake(
         def run(params, tokens, positions, state):
             h = _embed(model, params, tokens, positions)
             h, state = _blocks(model, params, h, state, positions, 0, len(model.config.layers))
-            return _head(model, params, h), state
+            return _head(model, params, h[:, head_from:]), state
 
         if remat == "pass":
             run = jax.checkpoint(run)
@@ -187,7 +190,7 @@ def wake(
         h = _embed(model, params, tokens, positions if embed_pos is None else embed_pos)
         layers = len(model.config.layers)
         h, state = _blocks(model, params, h, state, positions, 0, layers, valid)
-        return _head(model, params, h), state
+        return _head(model, params, h[:, head_from:]), state
 
     if remat == "pass":
         run_padded = jax.checkpoint(run_padded)

@@ -10,6 +10,8 @@ a streaming decoder must reproduce) read its wake windows.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,7 +41,9 @@ def run_sequence(
     """Algorithm 1's window loop over tokens [batch, time].
 
     ``readout(logits, *extras_window)`` maps a wake window's logits (and the matching
-    [batch, window, ...] slices of each array in ``extras``) to a pytree. Returns
+    [batch, window, ...] slices of each array in ``extras``) to a pytree; from
+    ``spec.scored_from`` on only (``head_from``: a segment's windows share the last one's
+    offset, so the time axis is ``window - head_from``). Returns
     (list of (first_window, count, readouts stacked [count, ...]), final state). ``state``
     defaults to zeros with KV caches of L slots under sliding eviction, none under hard.
     ``valid`` [batch, time] bool: real tokens (None: all; see "Variable-length examples").
@@ -92,12 +96,19 @@ def run_sequence(
         const = jax.lax.stop_gradient
         return sleep_step(const(state), xs, params=const(params), grad_passes=0)
 
-    def wake_step(state, xs):
+    def wake_step(state, xs, head_from=0):
         tok, pos, *ext = xs
         kwargs = padding(xs)
-        ext = ext[2:] if padded else ext
-        logits, state = wake(model, params, tok, pos, state, remat=pass_remat, **kwargs)
+        ext = [e[:, head_from:] for e in (ext[2:] if padded else ext)]
+        logits, state = wake(
+            model, params, tok, pos, state, remat=pass_remat, head_from=head_from, **kwargs
+        )
         return evict(state, spec.eviction), readout(logits, *ext)
+
+    def head_from(begin, length, count):
+        # The segment's windows share one static offset: the last window's (the smallest).
+        last = begin + (count - 1) * length
+        return min(max(spec.scored_from - last, 0), length - 1)
 
     outputs = []
     for is_wake, first, count in _segments(bounds, spec.schedule, cut):
@@ -115,7 +126,8 @@ def run_sequence(
         xs = (stack(tokens), pos, *((stack(valid), stack(epos)) if padded else ()))
         if is_wake:
             xs = (*xs, *(stack(e) for e in extras))
-            state, out = _scan(wake_step, state, xs, count, remat=window_remat)
+            step = functools.partial(wake_step, head_from=head_from(begin, length, count))
+            state, out = _scan(step, state, xs, count, remat=window_remat)
             outputs.append((first, count, out))
         elif first < cut and not any(spec.schedule[first:cut]):
             state, _ = _scan(frozen_sleep_step, state, xs, count)
@@ -180,7 +192,8 @@ def sequence_loss(model, params, batch: dict, spec: SleepSpec) -> tuple[jax.Arra
 def sequence_logits(model, params, tokens: jax.Array, spec: SleepSpec, valid=None):
     """Logits of Algorithm 1's wake windows: ([batch, time, vocab] float32, final state).
 
-    Positions in sleep windows get zero logits (sleep produces no prediction). This is the
+    Positions in sleep windows get zero logits (sleep produces no prediction), and so do
+    positions before ``spec.scored_from`` (no head is applied there). This is the
     reference that a streaming decoder must reproduce at the prediction positions.
     ``valid`` [batch, time] bool: real tokens (None: all); logits at padded ones are
     meaningless.
@@ -191,6 +204,8 @@ def sequence_logits(model, params, tokens: jax.Array, spec: SleepSpec, valid=Non
     bounds = window_bounds(seq_len, spec.window)
     for first, count, out in outputs:
         begin, length = bounds[first]
+        skipped = length - out.shape[2]  # the segment's head_from: no logits there
+        out = jnp.pad(out, ((0, 0), (0, 0), (skipped, 0), (0, 0)))
         out = jnp.swapaxes(out, 0, 1).reshape(batch, count * length, -1)
         logits = logits.at[:, begin : begin + count * length].set(out)
     return logits, state

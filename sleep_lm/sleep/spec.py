@@ -64,6 +64,10 @@ class SleepSpec(NamedTuple):
         0 (or M >= N) = all passes (see "Truncated gradients" in the module docstring).
     grad_windows: K >= 0, gradients through the state for only the last K windows;
         0 (or K >= number of windows) = all windows.
+    scored_from: the first position that can carry a loss (the task's, e.g. GSM-Infinite's
+        answer span); wake windows apply the LM head only from there on, so no logits (and
+        no [time, vocab] buffers for the backward) exist for the prompt. 0 = every position.
+        ``check_schedule`` refuses a batch with a loss position before it.
     """
 
     passes: int
@@ -74,10 +78,12 @@ class SleepSpec(NamedTuple):
     schedule: tuple = ()
     grad_passes: int = 0
     grad_windows: int = 0
+    scored_from: int = 0
 
     @classmethod
-    def from_config(cls, sleep_cfg, schedule) -> SleepSpec:
-        """From ``config.sleep`` (ConfigDict or dict) and a ``window_schedule`` result.
+    def from_config(cls, sleep_cfg, schedule, scored_from: int = 0) -> SleepSpec:
+        """From ``config.sleep`` (ConfigDict or dict), a ``window_schedule`` result and the
+        task's first scored position (``scored_from``).
 
         Raises ValueError naming the offending ``sleep.*`` field.
         """
@@ -105,6 +111,7 @@ class SleepSpec(NamedTuple):
             schedule=tuple(bool(x) for x in schedule),
             grad_passes=grad_passes,
             grad_windows=grad_windows,
+            scored_from=int(scored_from),
         )
 
 
@@ -130,7 +137,8 @@ def window_schedule(loss_mask, window: int) -> tuple[bool, ...]:
 
 
 def check_schedule(loss_mask, spec: SleepSpec) -> None:
-    """Host-side: ValueError (one line) if any loss position lies in a sleep window.
+    """Host-side: ValueError (one line) if any loss position lies in a sleep window or
+    before ``spec.scored_from``.
 
     loss_mask: [batch, time] or [time] bool NumPy array (the batch about to be scored).
     The schedule is static (``window_schedule`` from one example), so a loss position in a
@@ -144,6 +152,13 @@ def check_schedule(loss_mask, spec: SleepSpec) -> None:
         raise ValueError(
             f"loss_mask: {mask.shape[1]} positions make {len(bounds)} windows of "
             f"{spec.window}; the sleep schedule has {len(spec.schedule)}"
+        )
+    if spec.scored_from and mask[:, : spec.scored_from].any():
+        row, col = np.argwhere(mask[:, : spec.scored_from])[0]
+        raise ValueError(
+            f"loss_mask: example {row} has a loss position at {col}, before the first scored "
+            f"position {spec.scored_from} (SleepSpec.scored_from: the task's); it would not "
+            "be scored"
         )
     for w, ((begin, length), wake_window) in enumerate(zip(bounds, spec.schedule, strict=True)):
         if wake_window or not mask[:, begin : begin + length].any():

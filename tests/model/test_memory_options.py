@@ -70,7 +70,8 @@ def test_chunked_equals_dense_values_and_gradients(heads, kv_heads, cached, same
         cotangent = cotangent * seen[:, :, None, None]
 
     def run(impl):
-        def f(q, keys, values):
+        # Positions are traced jit arguments, as in the model's window and loop scans.
+        def f(q, keys, values, q_pos, k_pos):
             out = dot_product_attention(
                 q,
                 keys,
@@ -85,7 +86,8 @@ def test_chunked_equals_dense_values_and_gradients(heads, kv_heads, cached, same
             )
             return jnp.sum(out * cotangent), out
 
-        (_, out), grads = jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True)(q, keys, values)
+        grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2), has_aux=True))
+        (_, out), grads = grad(q, keys, values, q_pos, k_pos)
         return out, grads
 
     dense_out, dense_grads = run("xla")
