@@ -3,7 +3,7 @@ time, the compiled gradient's temporaries, and the error against the dense float
 
     python benchmarks/attention.py                 # CPU: xla vs chunked
     python benchmarks/attention.py --impls xla,chunked,cudnn --dtype bfloat16   # a GPU
-    python benchmarks/attention.py --target=v5p-1 --impls xla,chunked,splash --dtype bfloat16
+    python benchmarks/attention.py --target=v5p-8 --impls xla,chunked,splash --dtype bfloat16
 
 ``--target`` (a `--mode=compile` target name; needs the aot extra) only compiles, for that
 chip without having it, and reports the compiled gradient's temporaries and compile time

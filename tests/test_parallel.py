@@ -63,6 +63,15 @@ def test_logical_spec_replicates_dimensions_that_do_not_divide():
     ) == jax.sharding.PartitionSpec("fsdp", None)
 
 
+def test_token_table_rows_are_split_like_the_weight_matrices_width():
+    """A pretrained vocabulary's table is split by rows over fsdp (its width stays whole)."""
+    rules = parallel.parse_rules(config_lib.default_mesh_config().rules)
+    axes = parallel.param_logical_axes("params/model/embed_tokens/embedding", 2)
+    sizes = {"data": 1, "fsdp": 8, "tensor": 1}
+    spec = parallel.logical_spec(axes, rules, (49152, 2048), sizes)
+    assert spec == jax.sharding.PartitionSpec("fsdp", None)
+
+
 def test_every_parameter_of_the_model_has_logical_axes():
     for layers in ("attn,gdn", "gdn,attn"):
         for positions in ("learned", "rope"):

@@ -26,8 +26,12 @@ PARAM_AXES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
     # Tables read by a gather ([vocab, width], [max_len, width]) keep their width whole: a
     # gather from a width-split table returns width-split rows, which XLA can only turn
     # into the batch-split residual stream by replicating them ("involuntary full
-    # rematerialization"); the tables are small next to the weight matrices.
-    (r"(^|/)(token_embed|embed_tokens)/embedding$", ("vocab", None)),
+    # rematerialization"). The token table's rows are split instead, over the axes that
+    # split the width of the weight matrices (the "embed" rule: fsdp): a pretrained
+    # vocabulary is large (Ouro's [49152, 2048] is 0.375 GiB in float32, as much again for
+    # AdamW's second moment), and replicated it kept `ouro` above 12 GiB per device on 8
+    # H100s (13.0 -> 11.9 GiB, benchmarks/RESULTS.md).
+    (r"(^|/)(token_embed|embed_tokens)/embedding$", ("embed", None)),
     (r"(^|/)position_embed$", (None, None)),
     (r"(^|/)(q|k|v|o_gate|g)_proj/kernel$", ("embed", "heads")),  # [width, heads * head_dim]
     (r"(^|/)(q|k|v)_proj/bias$", ("heads",)),  # pretrained families' attention biases
