@@ -67,7 +67,8 @@ the device count), `sleep.remat=pass`, every layer rematerialised
 (`model.remat_policy=full`) and attention that keeps no score tensor (`model.attention_impl=auto`:
 Pallas splash attention on TPUs for the hard-evicted windows, 256-query chunks otherwise).
 Memory (benchmarks/RESULTS.md, "Memory plan with the real compilers", `--mode=compile`):
-ouro at N = 4 takes 33.2 GiB on one H100, 13.0 GiB per device on 8; the global batch of 256
+ouro at N = 4 takes 27.2 GiB for one example on one H100 (33.2 accumulating 256 microbatches),
+11.9 GiB per device on 8; the global batch of 256
 is accumulated over train.microbatches = 32 slices (one example per device per slice on 8
 devices; --config.train.microbatches=256/n on n devices, and eval steps take one slice).
 Open choices, ours: 1000 steps, a 20-step warm-up then
