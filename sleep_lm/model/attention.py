@@ -132,14 +132,18 @@ def _causal_chunks(q, keys, values, q_pos, k_pos, window: int, dtype, chunk: int
     time = q.shape[1]
     ranges = [(s, min(s + chunk, time), max(0, s - window + 1)) for s in range(0, time, chunk)]
 
+    def inputs(i, q, keys, values):  # chunk i's queries and the keys it can see
+        s, e, lo = ranges[i]
+        return q[:, s:e], keys[:, lo:e], values[:, lo:e]
+
     def attend(i, q_chunk, keys_range, values_range, q_pos, k_pos):
         s, e, lo = ranges[i]
         return _attend(q_chunk, keys_range, values_range, q_pos[s:e], k_pos[:, lo:e], window, dtype)
 
     def forward(q, keys, values, q_pos, k_pos):
         outs = []
-        for i, (s, e, lo) in enumerate(ranges):
-            args = (q[:, s:e], keys[:, lo:e], values[:, lo:e])
+        for i in range(len(ranges)):
+            args = inputs(i, q, keys, values)
             if outs:
                 args, _ = jax.lax.optimization_barrier((args, outs[-1]))
             outs.append(attend(i, *args, q_pos, k_pos))
@@ -159,14 +163,14 @@ def _causal_chunks(q, keys, values, q_pos, k_pos, window: int, dtype, chunk: int
         dq, dk, dv = jnp.zeros_like(q), jnp.zeros_like(keys), jnp.zeros_like(values)
         for i in reversed(range(len(ranges))):
             s, e, lo = ranges[i]
-            args = (q[:, s:e], keys[:, lo:e], values[:, lo:e])
+            args = inputs(i, q, keys, values)
             args, (dq, dk, dv) = jax.lax.optimization_barrier((args, (dq, dk, dv)))
             chunk_fn = functools.partial(attend, i, q_pos=q_pos, k_pos=k_pos)
             _, vjp = jax.vjp(chunk_fn, *args)
-            dq_i, dk_i, dv_i = vjp(cotangent[:, s:e].astype(dtype))
-            dq = dq.at[:, s:e].add(dq_i.astype(dq.dtype))
-            dk = dk.at[:, lo:e].add(dk_i.astype(dk.dtype))
-            dv = dv.at[:, lo:e].add(dv_i.astype(dv.dtype))
+            dq_i, dk_i, dv_i = vjp(cotangent[:, s:e])  # each in its input's dtype
+            dq = dq.at[:, s:e].add(dq_i)
+            dk = dk.at[:, lo:e].add(dk_i)
+            dv = dv.at[:, lo:e].add(dv_i)
         return dq, dk, dv, None, None
 
     attention.defvjp(attention_fwd, attention_bwd)

@@ -105,7 +105,7 @@ def run_sequence(
         )
         return evict(state, spec.eviction), readout(logits, *ext)
 
-    def head_from(begin, length, count):
+    def segment_head_from(begin, length, count):
         # The segment's windows share one static offset: the last window's (the smallest).
         last = begin + (count - 1) * length
         return min(max(spec.scored_from - last, 0), length - 1)
@@ -126,7 +126,8 @@ def run_sequence(
         xs = (stack(tokens), pos, *((stack(valid), stack(epos)) if padded else ()))
         if is_wake:
             xs = (*xs, *(stack(e) for e in extras))
-            step = functools.partial(wake_step, head_from=head_from(begin, length, count))
+            offset = segment_head_from(begin, length, count)
+            step = functools.partial(wake_step, head_from=offset)
             state, out = _scan(step, state, xs, count, remat=window_remat)
             outputs.append((first, count, out))
         elif first < cut and not any(spec.schedule[first:cut]):
