@@ -13,6 +13,7 @@ import pytest
 
 from sleep_lm import inference, sleep
 from sleep_lm.model import FastWeightState, build_model
+from sleep_lm.model.state import KVCache
 
 CONFIG = dict(
     width=16,
@@ -153,6 +154,46 @@ def test_streaming_eval_feeds_the_unscored_prefix(padded, model, params, batch):
     chex.assert_trees_all_close(got["loss"], ref["loss"], atol=ATOL)
     assert 0 < float(ref["token_accuracy"]) < 1
     assert all(np.isnan(float(v)) for v in too_late.values())
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_fresh_prefill_equals_feed(padded, model, params, batch):
+    """prefill_fresh (a window start under hard eviction: the caches are known empty, the
+    prompt attends to itself alone) returns feed's state: the same KV caches, fast weights,
+    window bookkeeping; so the next token's logits are the same too."""
+    spec = spec_for(batch["loss_mask"], passes=2, eviction="hard")
+    inputs = jnp.asarray(batch["inputs"])
+    valid = (np.arange(T)[None] >= np.array([[5], [0]])) if padded else None
+    part = (lambda a, b: (valid[:, a:b],)) if padded else (lambda a, b: ())
+
+    @jit
+    def both(params):
+        state = inference.init_state(model, spec, 2, padded=padded)
+        state = inference.feed(model, params, spec, state, inputs[:, :8], *part(0, 8))
+        fed = inference.feed(model, params, spec, state, inputs[:, 8:11], *part(8, 11))
+        fresh = inference.stream.prefill_fresh(
+            model, params, spec, state, inputs[:, 8:11], *part(8, 11)
+        )
+        # Mid-window (the cache holds token 8) the mark is a lie: the prompt then ignores
+        # the cached token, which shows the mark is what makes attention skip the cache.
+        mid = inference.feed(model, params, spec, state, inputs[:, 8:9], *part(8, 9))
+        lie = inference.stream.prefill_fresh(
+            model, params, spec, mid, inputs[:, 9:11], *part(9, 11)
+        )
+        states = (fed, fresh, lie)
+        nxt = [inference.decode_step(model, params, spec, s, inputs[:, 11])[0] for s in states]
+        return fed, fresh, nxt
+
+    fed, fresh, (fed_logits, fresh_logits, lie_logits) = both(params)
+    assert np.abs(lie_logits - fed_logits).max() > 100 * ATOL
+    assert int(fresh.count) == 3 and int(fresh.position) == 11
+    chex.assert_trees_all_close(fresh, fed, atol=ATOL)
+    chex.assert_trees_all_close(fresh_logits, fed_logits, atol=ATOL)
+    cache = next(x for x in fresh.live.layers if isinstance(x, KVCache))
+    assert type(cache) is KVCache  # the FreshCache mark does not outlive the call
+    with pytest.raises(ValueError, match="hard eviction"):
+        sliding = spec_for(batch["loss_mask"], eviction="sliding")
+        inference.stream.prefill_fresh(model, params, sliding, fed, inputs[:, 8:11])
 
 
 def test_n1_session_sleeping_on_every_window_is_algorithm1(model, params, batch):

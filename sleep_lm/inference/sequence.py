@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from sleep_lm import sleep as sleep_lib
 from sleep_lm.inference.state import SessionState, init_state
-from sleep_lm.inference.stream import _STATIC, decode_step, feed, sleep
+from sleep_lm.inference.stream import _STATIC, decode_step, feed, prefill_fresh, sleep
 
 
 def _decode_tokens(model, params, spec, state, tokens, valid=None):
@@ -92,7 +92,10 @@ def streaming_logits(
         if is_wake:
             fed = min(max(scored_from - begin, 0), length - 1)  # the prompt part, fed
             if fed:
-                state = feed(
+                # The window has just started (a sleep or eviction closed the last one):
+                # under hard eviction its caches are empty, and the prompt attends to itself.
+                prefill = prefill_fresh if spec.eviction == "hard" else feed
+                state = prefill(
                     model, params, spec, state, tokens[:, begin : begin + fed],
                     *part(begin, begin + fed),
                 )  # fmt: skip

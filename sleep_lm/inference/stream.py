@@ -181,6 +181,34 @@ def _feed(model, params, spec, state: SessionState, tokens: jax.Array, valid=Non
     )
 
 
+def _prefill_fresh(model, params, spec, state: SessionState, tokens: jax.Array, valid=None):
+    """``feed`` of fewer than L tokens into a session at a window start under hard eviction
+    (count 0: its KV caches are empty), which the caller vouches for: ``streaming_logits``
+    after a sleep. The tokens get one wake pass whose attention reads them alone
+    (``FreshCache``: the causal key ranges of a training wake window) instead of the L
+    empty slots of the cache as well; the state is the one ``feed`` returns."""
+    check_window(model, spec)
+    batch, n = tokens.shape
+    if spec.eviction != "hard" or not 0 < n < spec.window:
+        raise ValueError(f"a fresh prefill needs hard eviction and 0 < n < L, got n = {n}")
+    valid = valid_mask(state, valid, tokens.shape)
+    tokens = tokens.astype(jnp.int32)
+    positions = state.position + jnp.arange(n, dtype=jnp.int32)
+    pad, window_valid = {}, None
+    if valid is not None:
+        epos = state.valid_base[:, None] + sleep_lib.embed_positions(valid)
+        pad = dict(valid=valid, embed_pos=epos)
+        window_valid = jnp.zeros_like(state.window_valid).at[:, :n].set(valid)
+    live = _advance(model, params, tokens, positions, state_lib.fresh_caches(state.live), **pad)
+    return state._replace(
+        live=live,
+        window_tokens=jnp.zeros_like(state.window_tokens).at[:, :n].set(tokens),
+        count=jnp.asarray(n, jnp.int32),
+        position=(state.position + n).astype(jnp.int32),
+        window_valid=window_valid,
+    )
+
+
 def _decode_step(model, params, spec, state: SessionState, token: jax.Array, valid=None):
     check_window(model, spec)
     token = token.astype(jnp.int32)
@@ -246,6 +274,8 @@ the same state as feeding it whole (to float rounding). Compiled once per n.
 valid: [batch, n] bool, False at padded tokens (a session from ``init_state(...,
 padded=True)``; default all real).
 """
+
+prefill_fresh = jax.jit(_prefill_fresh, static_argnames=_STATIC)
 
 decode_step = jax.jit(_decode_step, static_argnames=_STATIC)
 decode_step.__doc__ = """decode_step(model, params, spec, state, token [batch] int,

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from sleep_lm.model.positions import rotary
-from sleep_lm.model.state import EMPTY_POSITION, KVCache, constrain
+from sleep_lm.model.state import EMPTY_POSITION, FreshCache, KVCache, constrain
 from sleep_lm.ops import splash
 
 # Finite mask value: a row with no visible key (only a padded query, whose output nothing
@@ -345,9 +345,10 @@ class Attention(nn.Module):
     def __call__(
         self, x: jax.Array, cache: KVCache, positions: jax.Array, valid: jax.Array | None = None
     ) -> tuple[jax.Array, KVCache]:
-        """x: [batch, time, width]; cache: KVCache [batch, cache_len, kv_heads, head_dim];
+        """x: [batch, time, width]; cache: KVCache [batch, cache_len, kv_heads, head_dim]
+        (a ``FreshCache``: known to be empty, so only the current tokens are attended to);
         positions: [time] global; valid: [batch, time] bool or None (all valid): padded
-        tokens are never attended to. Returns (y [batch, time, width], new cache)."""
+        tokens are never attended to. Returns (y [batch, time, width], new KVCache)."""
         cfg = self.config
         batch, time, _ = x.shape
         heads, kv_heads, dim = cfg.heads, cfg.kv_heads, cfg.head_dim
@@ -359,12 +360,14 @@ class Attention(nn.Module):
             q = rotary(q, positions, base=cfg.rope_theta)
             k = rotary(k, positions, base=cfg.rope_theta)
 
-        if cache.keys.shape[1]:
+        # A FreshCache is empty by the caller's word: attend to the current tokens alone.
+        cached = bool(cache.keys.shape[1]) and not isinstance(cache, FreshCache)
+        if cached:
             keys = jnp.concatenate([cache.keys, k.astype(cache.keys.dtype)], axis=1)
             values = jnp.concatenate([cache.values, v.astype(cache.values.dtype)], axis=1)
             cur = key_positions(positions, batch, valid)
             k_pos = jnp.concatenate([cache.positions, cur], axis=1)
-        else:  # no cache (hard eviction): skip the empty concatenation
+        else:  # no cache, or an empty one (hard eviction): skip the concatenation
             keys, values = k, v
             k_pos = key_positions(positions, batch, valid)
 
@@ -378,7 +381,7 @@ class Attention(nn.Module):
             cfg.compute_dtype,
             impl=cfg.attention_impl,
             chunk=cfg.attention_chunk,
-            same_tokens=not cache.keys.shape[1],
+            same_tokens=not cached,
         )
         y = cfg.dense(cfg.width, name="o_proj")(out.reshape(batch, time, heads * dim))
-        return y, constrain(write_cache(cache, k, v, positions, valid))
+        return y, constrain(write_cache(KVCache(*cache), k, v, positions, valid))

@@ -48,6 +48,16 @@ class KVCache(NamedTuple):
     positions: jax.Array  # [batch, cache_len] int32 global position per slot; -1 = empty
 
 
+class FreshCache(KVCache):
+    """A KVCache that is known to be empty when the program is traced (a window start under
+    hard eviction; made by ``fresh_caches``). Attention then reads only the current tokens,
+    as a cache-free training window does (and with its causal key ranges), instead of also
+    scanning cache_len empty slots, and returns a plain KVCache holding the tokens. Its
+    arrays must really be empty: nothing checks it at run time."""
+
+    __slots__ = ()
+
+
 # Logical axes of each state array (names of sleep_lm/parallel's rules table). The
 # conv tail's channels are q|k|v concatenated, not head-major, so they are not split.
 FAST_WEIGHT_AXES = FastWeightState(
@@ -138,6 +148,13 @@ def clear_local(state: ModelState) -> ModelState:
         )
 
     return ModelState(layers=tuple(clear(layer) for layer in state.layers))
+
+
+def fresh_caches(state: ModelState) -> ModelState:
+    """Every KVCache of ``state`` marked as known to be empty (``FreshCache``); the caller
+    vouches that it is (a window start under hard eviction)."""
+    layers = (FreshCache(*x) if isinstance(x, KVCache) else x for x in state.layers)
+    return ModelState(layers=tuple(layers))
 
 
 def restart_local(state: ModelState, start: ModelState, first: int, stop: int) -> ModelState:
