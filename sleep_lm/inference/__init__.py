@@ -77,7 +77,11 @@ Windows that fill inside ``feed`` are slept on without a wake pass (nothing read
 wake state); the remainder (< L tokens) gets its wake pass in power-of-two chunks, each
 behind a ``lax.cond``, so a prefill is never token by token. ``sleep`` on a *partial*
 window needs its length as a Python int (a static shape for ``consolidate``): it reads it
-from the state (one scalar transfer) unless ``length=`` is given.
+from the state (one scalar transfer) unless ``length=`` is given. Where a window is known to
+start empty (``streaming_logits``: a wake window's prompt right after a sleep under hard
+eviction), ``stream.prefill_fresh`` feeds it with its KV caches marked empty
+(``model.state.FreshCache``): the prompt attends to itself alone, with the causal key ranges
+of a training wake window, instead of to the cache's L empty slots as well.
 """
 
 from sleep_lm.inference.generate import generate
