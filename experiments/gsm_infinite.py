@@ -290,6 +290,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     config.train.microbatches = 1  # gradient accumulation slices (the fine-tunes: 32)
     config.train.momentum_dtype = "float32"  # the fine-tunes: bfloat16 (memory)
     config.train.weight_grads = "float32"  # the fine-tunes: compute (memory)
+    config.train.xla_options = ""  # "name=value,...": XLA options of the steps' compiles
     config.train.optimizer = "muon"
     config.train.lr = 1e-2
     config.train.adam_lr = 3e-3

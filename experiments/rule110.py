@@ -125,6 +125,7 @@ def get_config(arg: str | None = None) -> config_dict.ConfigDict:
     # the weight matrices' gradients in float32; the GSM fine-tunes use bfloat16 / compute.
     config.train.momentum_dtype = "float32"
     config.train.weight_grads = "float32"
+    config.train.xla_options = ""  # "name=value,...": XLA options of the steps' compiles
     config.train.grad_clip = 1.0  # global norm; 0 disables.
     config.train.weight_decay = 0.0  # decoupled, Muon group only.
     config.train.log_every = 100

@@ -130,7 +130,12 @@ def compile_run(config, target: Target, components=None, memory_bytes: int | Non
     shardings = parallel.tree_shardings(abstract, layout.mesh, layout.rules)
     micro = config.train.get("microbatches", 1)
     train_step, eval_step = loop._compile_steps(
-        components, optimizer, layout, shardings, microbatches=micro
+        components,
+        optimizer,
+        layout,
+        shardings,
+        microbatches=micro,
+        xla_options=config.train.get("xla_options", ""),
     )
     # The batch as the loop feeds it: the task's arrays (one example shows keys, dtypes and
     # trailing shapes), train.batch_size rows; an eval step takes one microbatch's rows.

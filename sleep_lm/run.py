@@ -31,7 +31,7 @@ from ml_collections import config_dict
 from sleep_lm import parallel
 from sleep_lm.train import checkpoint, optim
 from sleep_lm.train.init import InitError, Layout
-from sleep_lm.train.loop import check_batch, eval_seed, eval_sets
+from sleep_lm.train.loop import check_batch, compiler_options, eval_seed, eval_sets
 from sleep_lm.train.step import Components, evaluate_sets, make_eval_step
 
 
@@ -277,6 +277,9 @@ def evaluate_checkpoint(
         make_eval_step(components.eval_fn or components.loss_fn),
         in_shardings=(shardings, layout.batch),
         out_shardings=layout.replicated,
+        compiler_options=compiler_options(
+            config.train.get("xla_options", ""), layout.mesh.devices.flat[0].platform
+        ),
     )
     held_out = eval_sets(components.task, config.train.eval_size, eval_seed(config))
     for held_out_batch in held_out.values():

@@ -84,6 +84,7 @@ def test_config_arguments():
         ("train.microbatches", 3, "config.train.microbatches=3 must divide train.batch_size=64"),
         ("train.momentum_dtype", "fp16", "config.train.momentum_dtype must be one of"),
         ("train.weight_grads", "bf16", "config.train.weight_grads must be one of"),
+        ("train.xla_options", "slop=15", "config.train.xla_options: 'slop=15' is not xla_"),
         ("seed", -1, "config.seed must be >= 0 (got -1)"),
         ("train.eval_seed", -2, "config.train.eval_seed must be >= -1 (got -2)"),
     ],

@@ -24,6 +24,7 @@ ABSENT_MEANS = {
     "train.eval_seed": EVAL_SEED_OWN,
     "train.momentum_dtype": optim.MOMENTUM_DTYPES[0],
     "train.weight_grads": optim.WEIGHT_GRADS[0],
+    "train.xla_options": "",
     "compile.target": default_compile_config().target,  # training does not read it
     # The from-scratch experiments' configs name these since the splash kernel (issue 16);
     # absent, the model reads ComputeConfig's defaults.

@@ -8,6 +8,7 @@ import numpy as np
 from sleep_lm import sleep
 from sleep_lm.config.family import _num_layers
 from sleep_lm.config.fields import ConfigError, _choice, _float, _get, _int
+from sleep_lm.train.loop import parse_xla_options
 from sleep_lm.train.optim import (
     MOMENTUM_DTYPES,
     OPTIMIZERS,
@@ -85,6 +86,15 @@ def _validate_train(config) -> None:
     # absent, as in config.json files older than the field: -1).
     if "eval_seed" in config.train:
         _int(config, "train.eval_seed", -1)
+    # Optional (default none): XLA options for the train and eval steps' compiles.
+    if "xla_options" in config.train:
+        text = config.train.xla_options
+        if not isinstance(text, str):
+            raise ConfigError(f"config.train.xla_options must be a string (got {text!r})")
+        try:
+            parse_xla_options(text)
+        except ValueError as e:
+            raise ConfigError(f"config.train.xla_options: {e}") from None
     # Optional (default on): TensorBoard event files in the workdir.
     tensorboard = config.train.get("tensorboard", True)
     if not isinstance(tensorboard, bool):

@@ -187,23 +187,72 @@ class _NoWriter:
         pass
 
 
+# The option-name prefix of each platform's own compiler: an option with another platform's
+# prefix is left out (`compiler_options`), so one config serves every target.
+_PLATFORM_PREFIXES = {"gpu": "xla_gpu_", "tpu": "xla_tpu_", "cpu": "xla_cpu_"}
+
+
+def _option_value(text: str):
+    """'true' / 'false' -> bool, an integer or a float -> that number, else the text."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_xla_options(text: str) -> dict:
+    """`train.xla_options` ("name=value,name=value") -> {name: value}; ValueError naming
+    the first item that is not `xla_<option>=<value>`."""
+    options = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or not name.startswith("xla_") or not value:
+            raise ValueError(f"{item!r} is not xla_<option>=<value>")
+        options[name] = _option_value(value)
+    return options
+
+
+def compiler_options(text: str, platform: str) -> dict | None:
+    """The options of `text` (`parse_xla_options`) that apply to a compile for `platform`
+    ("gpu", "cuda", "rocm", "tpu" or "cpu"): those named for another platform's compiler
+    (xla_gpu_*, xla_tpu_*, xla_cpu_*) are left out. None when none is left."""
+    platform = "gpu" if platform in ("cuda", "rocm") else platform
+    others = tuple(prefix for name, prefix in _PLATFORM_PREFIXES.items() if name != platform)
+    kept = {k: v for k, v in parse_xla_options(text).items() if not k.startswith(others)}
+    return kept or None
+
+
 def _compile_steps(
-    components, optimizer, layout: Layout, state_shardings, eval_fn=None, microbatches: int = 1
+    components,
+    optimizer,
+    layout: Layout,
+    state_shardings,
+    eval_fn=None,
+    microbatches: int = 1,
+    xla_options: str = "",
 ):
     """The jitted train step (state donated; gradient accumulated over `microbatches`
     slices of the batch) and eval step (of `eval_fn`, default the training loss), with
-    in/out shardings."""
+    in/out shardings, compiled with `xla_options` (`train.xla_options`: those of the mesh's
+    platform)."""
     batch, replicated = layout.batch, layout.replicated
+    options = compiler_options(xla_options, layout.mesh.devices.flat[0].platform)
     train_step = jax.jit(
         make_train_step(components.loss_fn, optimizer, microbatches),
         in_shardings=(state_shardings, batch),
         out_shardings=(state_shardings, replicated),
         donate_argnums=0,
+        compiler_options=options,
     )
     eval_step = jax.jit(
         make_eval_step(eval_fn or components.loss_fn),
         in_shardings=(state_shardings.params, batch),
         out_shardings=replicated,
+        compiler_options=options,
     )
     return train_step, eval_step
 
@@ -265,6 +314,7 @@ def train(
             layout,
             state_shardings,
             microbatches=train_cfg.get("microbatches", 1),
+            xla_options=train_cfg.get("xla_options", ""),
         )
         held_out = eval_sets(task, train_cfg.eval_size, eval_seed(config))
         for held_out_batch in held_out.values():

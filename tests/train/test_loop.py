@@ -317,6 +317,21 @@ def test_gradient_accumulation_equals_the_whole_batch():
     chex.assert_trees_all_close(four, one, rtol=1e-4, atol=1e-5)
 
 
+def test_xla_options_reach_the_steps_compile(tmp_path):
+    """train.xla_options: an option of this platform's compiler reaches the steps' compile
+    (an unknown one fails it), one named for another platform's compiler is left out."""
+    text = "xla_gpu_a=15, xla_tpu_b=true, xla_c=0.5, xla_d=false"
+    assert loop.compiler_options(text, "cuda") == {"xla_gpu_a": 15, "xla_c": 0.5, "xla_d": False}
+    assert loop.compiler_options(text, "tpu") == {"xla_tpu_b": True, "xla_c": 0.5, "xla_d": False}
+    assert loop.compiler_options("xla_gpu_a=15", "cpu") is None
+    config = tiny_config(steps=1, eval_every=1, checkpoint_every=1)
+    config.train.xla_options = "xla_cpu_no_such_option=1"
+    with pytest.raises(jax.errors.JaxRuntimeError, match="No such compile option"):
+        loop.train(config, tmp_path / "cpu", fake_components())
+    config.train.xla_options = "xla_gpu_no_such_option=1,xla_cpu_enable_fast_math=false"
+    assert loop.train(config, tmp_path / "gpu", fake_components())
+
+
 def test_trainer_with_microbatches_follows_the_straight_run(straight_run, tmp_path):
     ref_dir, _, _ = straight_run
     loop.train(tiny_config(microbatches=4), tmp_path, fake_components())
