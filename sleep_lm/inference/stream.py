@@ -190,7 +190,10 @@ def _prefill_fresh(model, params, spec, state: SessionState, tokens: jax.Array, 
     check_window(model, spec)
     batch, n = tokens.shape
     if spec.eviction != "hard" or not 0 < n < spec.window:
-        raise ValueError(f"a fresh prefill needs hard eviction and 0 < n < L, got n = {n}")
+        raise ValueError(
+            "a fresh prefill needs hard eviction and 0 < n < L = "
+            f"{spec.window}; got eviction {spec.eviction!r}, n = {n}"
+        )
     valid = valid_mask(state, valid, tokens.shape)
     tokens = tokens.astype(jnp.int32)
     positions = state.position + jnp.arange(n, dtype=jnp.int32)
