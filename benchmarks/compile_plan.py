@@ -91,6 +91,8 @@ def run_row(row: dict, dirs: dict, workdir: pathlib.Path) -> dict:
     if done.returncode not in (0, 1) or not record_path.exists():
         lines = (done.stderr + done.stdout).strip().splitlines()
         tail = [line for line in lines if "rror" in line][-2:] or lines[-2:]
+        if done.returncode < 0:  # e.g. SIGKILL from the kernel's OOM killer: no Python error
+            tail = [f"killed by signal {-done.returncode} (host out of memory?)"]
         return {**row, "error": " | ".join(tail), "wall_s": round(wall, 1)}
     record = json.loads(record_path.read_text())
     return {**row, "wall_s": round(wall, 1), "record": record}
