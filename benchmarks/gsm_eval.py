@@ -10,8 +10,8 @@ Paths (same parameters, same problems; each compiled once, then timed `--repeats
 - ``stream, token by token``: ``inference.streaming_loss`` with ``scored_from=0``: every
   token of the wake window is decoded one at a time (the streaming eval before issue 17);
 - ``stream, prefix fed``: ``--mode=eval``'s path (``scored_from`` = the answer span's start:
-  the wake window's prompt part goes through ``feed`` in chunks, only the answer is
-  decoded);
+  the wake window's prompt part is fed at once, attending to itself alone after the hard
+  eviction, ``inference.stream.prefill_fresh``; only the answer is decoded);
 - ``parallel``: the trainer's held-out eval (``sleep.sequence_loss``, no streaming).
 Prints one table (median seconds per chunk, speed-up over token by token, the metrics,
 which must be equal across the paths up to float rounding).
