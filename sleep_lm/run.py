@@ -277,9 +277,7 @@ def evaluate_checkpoint(
         make_eval_step(components.eval_fn or components.loss_fn),
         in_shardings=(shardings, layout.batch),
         out_shardings=layout.replicated,
-        compiler_options=compiler_options(
-            config.train.get("xla_options", ""), layout.mesh.devices.flat[0].platform
-        ),
+        compiler_options=compiler_options(config.train.get("xla_options", ""), layout.platform),
     )
     held_out = eval_sets(components.task, config.train.eval_size, eval_seed(config))
     for held_out_batch in held_out.values():

@@ -92,6 +92,14 @@ def _sleep_on(
     return sleep_lib.evict(state, spec.eviction)
 
 
+def _from_window_start(state: SessionState, valid) -> dict:
+    """The padding kwargs of tokens that start at the current window's first position:
+    their ``valid`` [batch, n] mask and position-table indices ({} without padding)."""
+    if valid is None:
+        return {}
+    return dict(valid=valid, embed_pos=state.valid_base[:, None] + sleep_lib.embed_positions(valid))
+
+
 # ------------------------------------------------------------------------ feeding
 
 
@@ -197,11 +205,10 @@ def _prefill_fresh(model, params, spec, state: SessionState, tokens: jax.Array, 
     valid = valid_mask(state, valid, tokens.shape)
     tokens = tokens.astype(jnp.int32)
     positions = state.position + jnp.arange(n, dtype=jnp.int32)
-    pad, window_valid = {}, None
+    window_valid = None
     if valid is not None:
-        epos = state.valid_base[:, None] + sleep_lib.embed_positions(valid)
-        pad = dict(valid=valid, embed_pos=epos)
         window_valid = jnp.zeros_like(state.window_valid).at[:, :n].set(valid)
+    pad = _from_window_start(state, valid)
     live = _advance(model, params, tokens, positions, state_lib.fresh_caches(state.live), **pad)
     return state._replace(
         live=live,
@@ -251,11 +258,8 @@ def _sleep_now(model, params, spec, state: SessionState, length: int, consolidat
     # The window's first token sits at position - count: each token keeps its own position
     # (``sleep`` refuses a length other than count; under jit that is the caller's promise).
     positions = state.position - state.count + jnp.arange(length, dtype=jnp.int32)
-    pad = {}
-    if state.window_valid is not None:
-        valid = state.window_valid[:, :length]
-        epos = state.valid_base[:, None] + sleep_lib.embed_positions(valid)
-        pad = dict(valid=valid, embed_pos=epos)
+    valid = None if state.window_valid is None else state.window_valid[:, :length]
+    pad = _from_window_start(state, valid)
     if consolidate:
         model_state = _sleep_on(model, params, spec, state.window_start, tokens, positions, **pad)
     else:

@@ -41,6 +41,11 @@ class Layout:
         )
 
     @property
+    def platform(self) -> str:
+        """The mesh devices' platform ("cpu", "gpu", "tpu"; a compile target's, under AOT)."""
+        return self.mesh.devices.flat[0].platform
+
+    @property
     def batch(self) -> jax.sharding.NamedSharding:
         return parallel.batch_sharding(self.mesh, self.rules)
 

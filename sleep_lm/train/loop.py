@@ -240,7 +240,7 @@ def _compile_steps(
     in/out shardings, compiled with `xla_options` (`train.xla_options`: those of the mesh's
     platform)."""
     batch, replicated = layout.batch, layout.replicated
-    options = compiler_options(xla_options, layout.mesh.devices.flat[0].platform)
+    options = compiler_options(xla_options, layout.platform)
     train_step = jax.jit(
         make_train_step(components.loss_fn, optimizer, microbatches),
         in_shardings=(state_shardings, batch),
